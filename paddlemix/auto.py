@@ -1,0 +1,82 @@
+"""`AutoConfig`, `AutoModel`, `AutoProcessor`: build or load any family by registry name or directory."""
+
+import json
+from pathlib import Path
+from typing import Dict, Tuple, Type, Union
+
+from .models.clip import CLIP
+from .models.configuration import CONFIG_NAME, CLIPConfig
+from .models.hub import WEIGHTS_NAME, cached_weights_file
+from .models.registry import config_file
+from .processors.processor import CLIPProcessor
+
+# model_type (in config.json) -> (config class, model class). Families register here.
+MODEL_TYPES: Dict[str, Tuple[Type, Type]] = {"clip": (CLIPConfig, CLIP)}
+
+
+def _load_config(path: Path):
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    model_type = values.get("model_type", "clip")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"{path}: unknown model_type {model_type!r}; known: {', '.join(sorted(MODEL_TYPES))}")
+    return MODEL_TYPES[model_type][0].from_dict(values, where=str(path))
+
+
+def _is_local(name_or_dir: Union[str, Path]) -> bool:
+    return Path(name_or_dir).expanduser().exists()
+
+
+class AutoConfig:
+    @staticmethod
+    def from_pretrained(name_or_dir: Union[str, Path]):
+        """Config of a registry name (packaged, works offline), a model directory or a JSON file."""
+        if _is_local(name_or_dir):
+            path = Path(name_or_dir).expanduser()
+            if path.is_dir():
+                path = path / CONFIG_NAME
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path.parent} is a directory without {CONFIG_NAME}")
+            return _load_config(path)
+        config = _load_config(config_file(str(name_or_dir)))
+        config.name = str(name_or_dir)
+        return config
+
+
+class AutoModel:
+    @staticmethod
+    def from_config(config):
+        """A randomly initialised model (call under paddle.LazyGuard() to defer allocation)."""
+        if config.model_type not in MODEL_TYPES:
+            raise ValueError(f"unknown model_type {config.model_type!r}; known: {', '.join(sorted(MODEL_TYPES))}")
+        return MODEL_TYPES[config.model_type][1](config)
+
+    @staticmethod
+    def from_pretrained(name_or_dir: Union[str, Path]):
+        """Load `config.json` + `model_state.pdparams` from a directory, the cache or the community URL.
+
+        The model is returned in eval mode.
+        """
+        config = AutoConfig.from_pretrained(name_or_dir)
+        if _is_local(name_or_dir):
+            weights = Path(name_or_dir).expanduser() / WEIGHTS_NAME
+            if not weights.is_file():
+                raise FileNotFoundError(
+                    f"{weights} does not exist: a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
+                    "(written by save_pretrained or `python -m paddlemix.tools.convert`)"
+                )
+        else:
+            weights = cached_weights_file(str(name_or_dir))
+        model = AutoModel.from_config(config)
+        model.load_weights(weights)
+        model.eval()
+        return model
+
+
+class AutoProcessor:
+    @staticmethod
+    def from_pretrained(name_or_dir: Union[str, Path]) -> CLIPProcessor:
+        """Tokenizer + image transforms sized for the model's config."""
+        return CLIPProcessor.from_config(AutoConfig.from_pretrained(name_or_dir))

@@ -1,0 +1,1 @@
+"""Custom (fused) operators; populated by later work."""

@@ -1,0 +1,5 @@
+"""The CLIP family."""
+
+from .modeling import CLIP
+
+__all__ = ["CLIP"]

@@ -1,0 +1,77 @@
+"""CLIP (Radford et al. 2021) as in open_clip: ViT image tower + causal text tower + logit scale."""
+
+from typing import Dict, Optional
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..configuration import CLIPConfig
+from ..loss import ClipLoss
+from ..modeling_utils import PretrainedMixin
+from .towers import TextTransformer, VisionTransformer
+
+
+class CLIP(PretrainedMixin, nn.Layer):
+    """Contrastive image-text model.
+
+    `model(image=..., input_ids=...)` returns a dict with normalised `image_features` and
+    `text_features` [batch, embed_dim], the exponentiated `logit_scale`, and the contrastive `loss`
+    when both inputs are given.
+    """
+
+    config_class = CLIPConfig
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        self.config = config
+        self.visual = VisionTransformer(config.vision_cfg, config.embed_dim, config.quick_gelu)
+        self.text = TextTransformer(config.text_cfg, config.embed_dim, config.quick_gelu)
+        self.logit_scale = self.create_parameter(
+            [], default_initializer=nn.initializer.Constant(config.init_logit_scale)
+        )
+        self.loss_fn: Optional[ClipLoss] = None
+
+    @property
+    def context_length(self) -> int:
+        return self.text.context_length
+
+    def set_recompute(self, enable: bool = True) -> None:
+        """Recompute block activations in backward (activation memory ~ one block per tower)."""
+        self.visual.transformer.recompute = enable
+        self.text.transformer.recompute = enable
+
+    def set_loss(self, loss_fn: ClipLoss) -> None:
+        """Use `loss_fn` (e.g. ClipLoss(local_loss=True, gather_with_grad=True)) in forward."""
+        self.loss_fn = loss_fn
+
+    def encode_image(self, image: paddle.Tensor, normalize: bool = False) -> paddle.Tensor:
+        """image: [batch, 3, H, W] normalised -> [batch, embed_dim]."""
+        features = self.visual(image)
+        return F.normalize(features, axis=-1) if normalize else features
+
+    def encode_text(self, input_ids: paddle.Tensor, normalize: bool = False) -> paddle.Tensor:
+        """input_ids: [batch, length] int64 -> [batch, embed_dim]."""
+        features = self.text(input_ids)
+        return F.normalize(features, axis=-1) if normalize else features
+
+    def scale(self) -> paddle.Tensor:
+        """exp(logit_scale), with logit_scale clamped to [0, max_logit_scale] (ln 100 by default)."""
+        return self.logit_scale.clip(0.0, self.config.max_logit_scale).exp()
+
+    def forward(
+        self,
+        image: Optional[paddle.Tensor] = None,
+        input_ids: Optional[paddle.Tensor] = None,
+        return_loss: bool = True,
+    ) -> Dict[str, paddle.Tensor]:
+        outputs = {"logit_scale": self.scale()}
+        if image is not None:
+            outputs["image_features"] = self.encode_image(image, normalize=True)
+        if input_ids is not None:
+            outputs["text_features"] = self.encode_text(input_ids, normalize=True)
+        if return_loss and image is not None and input_ids is not None:
+            if self.loss_fn is None:
+                self.loss_fn = ClipLoss()
+            outputs["loss"] = self.loss_fn(outputs["image_features"], outputs["text_features"], outputs["logit_scale"])
+        return outputs

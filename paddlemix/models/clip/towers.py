@@ -1,0 +1,134 @@
+"""The two CLIP towers: an OpenAI-style ViT image encoder and a causal text transformer."""
+
+from typing import Tuple
+
+import paddle
+import paddle.nn as nn
+
+from ..configuration import TextConfig, VisionConfig
+from ..layers import Transformer
+
+Normal = nn.initializer.Normal
+
+
+def _pair(value) -> Tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def drop_patches(tokens: paddle.Tensor, drop_fraction: float) -> paddle.Tensor:
+    """Keep a random subset of patch tokens per sample (FLIP, arXiv:2212.00794); the class token stays.
+
+    tokens: [batch, 1 + patches, width] -> [batch, 1 + kept, width].
+    """
+    batch, count = tokens.shape[0], tokens.shape[1] - 1
+    keep = max(1, int(count * (1.0 - drop_fraction)))
+    kept_index = paddle.argsort(paddle.rand([batch, count]), axis=-1)[:, :keep] + 1
+    kept_index = paddle.concat([paddle.zeros([batch, 1], dtype=kept_index.dtype), kept_index], axis=1)
+    return paddle.take_along_axis(tokens, kept_index.unsqueeze(-1), axis=1, broadcast=True)
+
+
+class VisionTransformer(nn.Layer):
+    """Patchify + class token + positional embedding, ln_pre, pre-LN blocks, ln_post, projection."""
+
+    def __init__(self, cfg: VisionConfig, output_dim: int, quick_gelu: bool = False):
+        super().__init__()
+        if cfg.pool_type not in ("tok", "avg"):
+            raise ValueError(f"vision_cfg.pool_type must be 'tok' or 'avg', got {cfg.pool_type!r}")
+        self.image_size = _pair(cfg.image_size)
+        patch = _pair(cfg.patch_size)
+        self.grid_size = (self.image_size[0] // patch[0], self.image_size[1] // patch[1])
+        self.pool_type = cfg.pool_type
+        self.final_ln_after_pool = cfg.final_ln_after_pool
+        self.patch_dropout = cfg.patch_dropout
+        width = cfg.width
+        scale = width**-0.5
+
+        self.conv1 = nn.Conv2D(3, width, kernel_size=patch, stride=patch, bias_attr=False)
+        self.class_embedding = self.create_parameter([width], default_initializer=Normal(std=scale))
+        self.positional_embedding = self.create_parameter(
+            [self.grid_size[0] * self.grid_size[1] + 1, width], default_initializer=Normal(std=scale)
+        )
+        self.ln_pre = nn.Identity() if cfg.no_ln_pre else nn.LayerNorm(width, epsilon=1e-5)
+        self.transformer = Transformer(width, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.ls_init_value, quick_gelu)
+        self.ln_post = nn.LayerNorm(width, epsilon=1e-5)
+        self.proj = self.create_parameter([width, output_dim], default_initializer=Normal(std=scale))
+
+    def forward(self, image: paddle.Tensor) -> paddle.Tensor:
+        """image: [batch, 3, H, W] normalised float -> pooled features [batch, output_dim]."""
+        x = self.conv1(image).flatten(2).transpose([0, 2, 1])  # [batch, grid*grid, width]
+        cls = self.class_embedding.astype(x.dtype).expand([x.shape[0], 1, x.shape[-1]])
+        x = paddle.concat([cls, x], axis=1) + self.positional_embedding.astype(x.dtype)
+        if self.training and self.patch_dropout > 0:
+            x = drop_patches(x, self.patch_dropout)
+        x = self.transformer(self.ln_pre(x))
+        if self.final_ln_after_pool:
+            pooled = self.ln_post(self._pool(x))
+        else:
+            pooled = self._pool(self.ln_post(x))
+        return pooled @ self.proj
+
+    def _pool(self, x: paddle.Tensor) -> paddle.Tensor:
+        return x[:, 1:].mean(axis=1) if self.pool_type == "avg" else x[:, 0]
+
+
+class TextTransformer(nn.Layer):
+    """Token + positional embedding, causal pre-LN blocks, ln_final, EOT pooling, projection."""
+
+    def __init__(self, cfg: TextConfig, output_dim: int, quick_gelu: bool = False):
+        super().__init__()
+        if cfg.pool_type not in ("argmax", "first", "last"):
+            raise ValueError(f"text_cfg.pool_type must be 'argmax', 'first' or 'last', got {cfg.pool_type!r}")
+        self.context_length = cfg.context_length
+        self.vocab_size = cfg.vocab_size
+        self.pool_type = cfg.pool_type
+        width = cfg.width
+
+        self.token_embedding = nn.Embedding(cfg.vocab_size, width)
+        self.positional_embedding = self.create_parameter(
+            [cfg.context_length, width], default_initializer=Normal(std=0.01)
+        )
+        self.transformer = Transformer(width, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.ls_init_value, quick_gelu)
+        self.ln_final = nn.LayerNorm(width, epsilon=1e-5)
+        if cfg.proj_bias:
+            self.text_projection = nn.Linear(width, output_dim)
+        else:
+            self.text_projection = self.create_parameter([width, output_dim], default_initializer=Normal(std=width**-0.5))
+        self._init_like_open_clip(width, cfg.layers)
+
+    def _init_like_open_clip(self, width: int, layers: int) -> None:
+        """open_clip's (GPT-2 style) init: residual projections scaled down by depth."""
+        Normal(std=0.02)(self.token_embedding.weight)
+        proj_std = width**-0.5 * (2 * layers) ** -0.5
+        for block in self.transformer.resblocks:
+            Normal(std=width**-0.5)(block.attn.qkv.weight)
+            Normal(std=proj_std)(block.attn.out_proj.weight)
+            Normal(std=(2 * width) ** -0.5)(block.mlp.c_fc.weight)
+            Normal(std=proj_std)(block.mlp.c_proj.weight)
+        if isinstance(self.text_projection, nn.Linear):
+            Normal(std=width**-0.5)(self.text_projection.weight)
+
+    def causal_mask(self, length: int, dtype) -> paddle.Tensor:
+        """[length, length] additive mask: -inf above the diagonal."""
+        return paddle.triu(paddle.full([length, length], float("-inf"), dtype=dtype), diagonal=1)
+
+    def forward(self, input_ids: paddle.Tensor) -> paddle.Tensor:
+        """input_ids: [batch, length] int64 (length <= context_length) -> [batch, output_dim]."""
+        length = input_ids.shape[1]
+        if length > self.context_length:
+            raise ValueError(
+                f"text of {length} tokens is longer than the model's context_length {self.context_length}; "
+                "tokenize with context_length=model.context_length"
+            )
+        x = self.token_embedding(input_ids) + self.positional_embedding[:length]
+        x = self.transformer(x, attn_mask=self.causal_mask(length, x.dtype))
+        x = self.ln_final(x)
+        if self.pool_type == "argmax":  # EOT has the highest id in the vocabulary
+            pooled = paddle.take_along_axis(x, input_ids.argmax(axis=-1).reshape([-1, 1, 1]), axis=1, broadcast=True)
+            pooled = pooled.squeeze(1)
+        elif self.pool_type == "first":
+            pooled = x[:, 0]
+        else:
+            pooled = x[:, -1]
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(pooled)
+        return pooled @ self.text_projection

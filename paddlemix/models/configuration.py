@@ -1,0 +1,107 @@
+"""Model configuration: open_clip-style JSON (`embed_dim`, `vision_cfg`, `text_cfg`) as dataclasses.
+
+A config file holds everything needed to rebuild a model; `model_type` picks the family class
+(see `paddlemix.models.registry`). Unknown keys are an error, never silently dropped, so a typo in
+a hand-written config is caught where it is made.
+"""
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+CONFIG_NAME = "config.json"
+
+
+def _from_dict(cls, values: Dict[str, Any], where: str):
+    """Build dataclass `cls` from `values`, naming `where` and the closest valid keys on a typo."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=3)
+            hints.append(f"'{key}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ValueError(f"{where}: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+@dataclass
+class VisionConfig:
+    """ViT image tower. `width // head_width` heads; `mlp_ratio * width` hidden units."""
+
+    image_size: Union[int, Tuple[int, int]] = 224
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    head_width: int = 64
+    mlp_ratio: float = 4.0
+    ls_init_value: Optional[float] = None  # layer scale initial value; None disables layer scale
+    patch_dropout: float = 0.0  # fraction of patch tokens dropped in training
+    pool_type: str = "tok"  # 'tok' (class token) or 'avg' (mean of patch tokens)
+    no_ln_pre: bool = False
+    final_ln_after_pool: bool = False
+
+    @property
+    def heads(self) -> int:
+        return self.width // self.head_width
+
+
+@dataclass
+class TextConfig:
+    """Causal text transformer with argmax-EOT pooling (OpenAI CLIP)."""
+
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+    ls_init_value: Optional[float] = None
+    pool_type: str = "argmax"  # 'argmax' (EOT has the highest id), 'first', 'last'
+    proj_bias: bool = False
+
+
+@dataclass
+class CLIPConfig:
+    """A whole CLIP model: two towers projected to a shared `embed_dim`."""
+
+    embed_dim: int = 512
+    vision_cfg: VisionConfig = field(default_factory=VisionConfig)
+    text_cfg: TextConfig = field(default_factory=TextConfig)
+    quick_gelu: bool = False  # OpenAI's original weights were trained with QuickGELU
+    init_logit_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = math.log(100)  # logit_scale is clamped here in forward
+    model_type: str = "clip"
+    name: Optional[str] = None  # registry name this config came from, if any
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "CLIPConfig":
+        values = dict(values)
+        vision = _from_dict(VisionConfig, values.pop("vision_cfg", {}), f"{where}: vision_cfg")
+        text = _from_dict(TextConfig, values.pop("text_cfg", {}), f"{where}: text_cfg")
+        config = _from_dict(cls, values, where)
+        config.vision_cfg, config.text_cfg = vision, text
+        return config
+
+    @classmethod
+    def from_json_file(cls, path: Union[str, Path]) -> "CLIPConfig":
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        return cls.from_dict(values, where=str(path))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save_pretrained(self, directory: Union[str, Path]) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CONFIG_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path

@@ -1,0 +1,60 @@
+"""Where model files live: a local directory, the `$PPMIX_HOME` cache, or the PaddleMIX community URL."""
+
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..utils.log import logger
+
+WEIGHTS_NAME = "model_state.pdparams"
+# PaddleMIX publishes its converted checkpoints under this prefix, as <prefix>/<registry name>/<file>.
+COMMUNITY_URL = "https://bj.bcebos.com/paddlenlp/models/community"
+DOWNLOAD_TIMEOUT_S = 30
+
+
+def ppmix_home() -> Path:
+    """The cache root: `$PPMIX_HOME`, default `~/.paddlemix`."""
+    return Path(os.environ.get("PPMIX_HOME", Path.home() / ".paddlemix")).expanduser()
+
+
+def model_cache_dir(name: str) -> Path:
+    return ppmix_home() / "models" / name
+
+
+def download_file(url: str, destination: Path) -> None:
+    """Fetch `url` to `destination` atomically: a broken transfer never leaves a partial file."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=destination.name, delete=False) as partial:
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                shutil.copyfileobj(response, partial)
+        except BaseException:
+            os.unlink(partial.name)
+            raise
+    os.replace(partial.name, destination)
+
+
+class ModelFilesNotFoundError(FileNotFoundError):
+    """Neither the cache nor the download provided a model's weights."""
+
+
+def cached_weights_file(name: str) -> Path:
+    """`$PPMIX_HOME/models/<name>/model_state.pdparams`, downloaded from the community URL if absent."""
+    target = model_cache_dir(name) / WEIGHTS_NAME
+    if target.is_file():
+        return target
+    url = f"{COMMUNITY_URL}/{name}/{WEIGHTS_NAME}"
+    logger.info("downloading %s to %s", url, target)
+    try:
+        download_file(url, target)
+    except (urllib.error.URLError, OSError) as err:
+        raise ModelFilesNotFoundError(
+            f"cannot get the weights of '{name}': {target} does not exist and the download from {url} failed "
+            f"({err}). Put {WEIGHTS_NAME} in {target.parent} (or set $PPMIX_HOME), pass a local model directory "
+            f"instead, or convert an open_clip checkpoint: python -m paddlemix.tools.convert --source open_clip "
+            f"--model {name} --checkpoint FILE --output {target.parent}"
+        ) from err
+    return target

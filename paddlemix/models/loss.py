@@ -1,0 +1,116 @@
+"""Contrastive image-text loss (CLIP), with open_clip's options for multi-process batches."""
+
+from typing import Optional
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from paddlemix.utils.distributed import (
+    all_gather_local_grad,
+    all_gather_with_grad,
+    get_rank,
+    get_world_size,
+)
+
+
+class ClipLoss(nn.Layer):
+    """Symmetric cross-entropy between matching image and text features (open_clip's ClipLoss).
+
+    With world_size > 1 the negatives come from the whole global batch:
+      - local_loss=False: every rank computes the full [W*N, W*N] logits. With
+        gather_with_grad the gathered gradients are all-reduced; without it each rank keeps
+        the gradient of its own rows, scaled so DataParallel's averaging stays exact.
+      - local_loss=True (requires gather_with_grad=True): each rank computes only its [N, W*N]
+        rows; the per-rank losses average to the global loss.
+    In every valid combination the gradients after DataParallel averaging equal those of a
+    single process on the global batch.
+    """
+
+    def __init__(
+        self,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        cache_labels: bool = True,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+    ):
+        super().__init__()
+        # Refused even in one process, so a bad config fails on the laptop, not the cluster.
+        if local_loss and not gather_with_grad:
+            raise ValueError(
+                "ClipLoss(local_loss=True, gather_with_grad=False) cannot give exact gradients: "
+                "each rank would drop the gradient of the other ranks' losses with respect to "
+                "its own features, and no local rescaling recovers it. Set "
+                "`--gather_with_grad true` (all-reduce the gathered gradients) or "
+                "`--local_loss false` (compute the full global logits on every rank)."
+            )
+        self.rank = get_rank() if rank is None else rank
+        self.world_size = get_world_size() if world_size is None else world_size
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
+        self.cache_labels = cache_labels
+        self._labels = {}
+
+    def get_ground_truth(self, place, num_logits: int) -> paddle.Tensor:
+        """Int64 [num_logits] targets: row i matches column i (+ rank offset with local_loss)."""
+        key = (str(place), num_logits, self.rank)
+        if key in self._labels:
+            return self._labels[key]
+        labels = paddle.arange(num_logits, dtype="int64")
+        if self.world_size > 1 and self.local_loss:
+            labels = labels + num_logits * self.rank
+        if self.cache_labels:
+            self._labels[key] = labels
+        return labels
+
+    def get_logits(self, image_features, text_features, logit_scale, logit_bias=None):
+        """Return (logits_per_image, logits_per_text), each [rows, columns] as described above."""
+        if self.world_size == 1:
+            logits_per_image = logit_scale * image_features @ text_features.T
+            logits_per_text = logit_scale * text_features @ image_features.T
+        else:
+            gather = all_gather_with_grad if self.gather_with_grad else all_gather_local_grad
+            all_image_features = gather(image_features)
+            all_text_features = gather(text_features)
+            if self.local_loss:
+                logits_per_image = logit_scale * image_features @ all_text_features.T
+                logits_per_text = logit_scale * text_features @ all_image_features.T
+            else:
+                logits_per_image = logit_scale * all_image_features @ all_text_features.T
+                logits_per_text = logits_per_image.T
+
+        if logit_bias is not None:
+            logits_per_image = logits_per_image + logit_bias
+            logits_per_text = logits_per_text + logit_bias
+        return logits_per_image, logits_per_text
+
+    def forward(
+        self,
+        image_features: paddle.Tensor,
+        text_features: paddle.Tensor,
+        logit_scale: paddle.Tensor,
+        logit_bias: Optional[paddle.Tensor] = None,
+        output_dict: bool = False,
+    ):
+        """Contrastive loss of this rank's batch.
+
+        Args:
+            image_features: [N, D] this rank's image embeddings (normalised by the model).
+            text_features: [N, D] this rank's text embeddings, row i pairs with image row i.
+            logit_scale: scalar, already exponentiated (the model passes exp(logit_scale)).
+            logit_bias: optional scalar added to every logit.
+            output_dict: return {"contrastive_loss": loss} instead of the scalar.
+
+        Returns:
+            Scalar loss, the mean of image->text and text->image cross-entropy. With
+            local_loss=True it is this rank's share; the mean over ranks is the global loss.
+        """
+        logits_per_image, logits_per_text = self.get_logits(
+            image_features, text_features, logit_scale, logit_bias
+        )
+        labels = self.get_ground_truth(image_features.place, logits_per_image.shape[0])
+        total_loss = (
+            F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)
+        ) / 2
+        return {"contrastive_loss": total_loss} if output_dict else total_loss

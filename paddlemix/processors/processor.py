@@ -1,0 +1,42 @@
+"""One callable that turns images and captions into model inputs."""
+
+from typing import Dict, Optional, Sequence, Union
+
+import numpy as np
+import paddle
+
+from .image_transforms import image_transform
+from .tokenizer import tokenize
+
+
+class CLIPProcessor:
+    """`processor(images=[...], text=[...])` -> {"image": [N, 3, H, W] float32, "input_ids": [N, L] int64}."""
+
+    def __init__(self, image_size, context_length: int = 77):
+        self.context_length = context_length
+        self.eval_transform = image_transform(image_size, is_train=False)
+        self.train_transform = image_transform(image_size, is_train=True)
+
+    @classmethod
+    def from_config(cls, config) -> "CLIPProcessor":
+        return cls(config.vision_cfg.image_size, config.text_cfg.context_length)
+
+    def __call__(
+        self,
+        images: Optional[Sequence] = None,
+        text: Optional[Union[str, Sequence[str]]] = None,
+        train: bool = False,
+        return_tensors: str = "pd",
+    ) -> Dict[str, Union[np.ndarray, paddle.Tensor]]:
+        """images: PIL images or HWC uint8 arrays; text: str or list of str. return_tensors 'pd' or 'np'."""
+        if return_tensors not in ("pd", "np"):
+            raise ValueError(f"return_tensors must be 'pd' or 'np', got {return_tensors!r}")
+        outputs = {}
+        if images is not None:
+            transform = self.train_transform if train else self.eval_transform
+            outputs["image"] = np.stack([transform(image) for image in images])
+        if text is not None:
+            outputs["input_ids"] = tokenize(text, context_length=self.context_length)
+        if return_tensors == "pd":
+            outputs = {key: paddle.to_tensor(value) for key, value in outputs.items()}
+        return outputs

@@ -1,0 +1,83 @@
+"""Rank queries and differentiable feature gathers for contrastive losses.
+
+Both gathers concatenate every rank's `x` along dim 0 (all ranks must pass the same
+shape); they differ only in how the gradient of the gathered tensor reaches `x`.
+"""
+
+import paddle
+import paddle.distributed as dist
+
+
+def get_rank() -> int:
+    """This process's rank in the global group; 0 when distributed is not initialised."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes in the global group; 1 when distributed is not initialised.
+
+    paddle.distributed.get_world_size() alone would report the launcher's trainer count
+    before init_parallel_env() has run, which is not a group we can communicate over.
+    """
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _gather_concat(x: paddle.Tensor) -> paddle.Tensor:
+    parts = []
+    dist.all_gather(parts, x)
+    return paddle.concat(parts, axis=0)
+
+
+def _own_slice(grad: paddle.Tensor) -> paddle.Tensor:
+    rows = grad.shape[0] // get_world_size()
+    start = get_rank() * rows
+    return grad[start:start + rows]
+
+
+class _AllGatherWithGrad(paddle.autograd.PyLayer):
+    @staticmethod
+    def forward(ctx, x):
+        return _gather_concat(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # Every rank's loss may depend on this rank's rows, so their gradients are summed
+        # before each rank keeps its own slice. all_reduce works in place, so reduce a copy
+        # rather than a buffer autograd may still hold.
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return _own_slice(grad)
+
+
+class _AllGatherLocalGrad(paddle.autograd.PyLayer):
+    @staticmethod
+    def forward(ctx, x):
+        return _gather_concat(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # Only valid when every rank computes the same loss L from the gathered tensor
+        # (ClipLoss with local_loss=False). Then dL/d(own rows) is already exact here, and
+        # the sum that _AllGatherWithGrad would communicate is just world_size copies of it.
+        # Multiplying by world_size keeps the tower gradients exact after DataParallel
+        # averages over the ranks; open_clip's gather without grad omits this factor and
+        # trains the towers with gradients world_size times too small.
+        return _own_slice(grad) * get_world_size()
+
+
+def all_gather_with_grad(x: paddle.Tensor) -> paddle.Tensor:
+    """Concatenate `x` [N, ...] from all ranks into [world_size * N, ...].
+
+    Backward all-reduces (sums) the incoming gradient over ranks and returns this rank's
+    [N, ...] slice, so losses that differ per rank still get exact gradients.
+    """
+    return _AllGatherWithGrad.apply(x)
+
+
+def all_gather_local_grad(x: paddle.Tensor) -> paddle.Tensor:
+    """Concatenate `x` [N, ...] from all ranks into [world_size * N, ...], no backward comm.
+
+    Backward returns this rank's [N, ...] slice of the gradient times world_size; exact only
+    when every rank computes the same loss from the gathered tensor.
+    """
+    return _AllGatherLocalGrad.apply(x)
