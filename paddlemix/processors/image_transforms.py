@@ -133,14 +133,5 @@ class ImageTransform:
         return image.resize((self.size[1], self.size[0]), self.resample)
 
 
-def image_transform(
-    image_size: Union[int, Tuple[int, int]],
-    is_train: bool,
-    mean: Sequence[float] = OPENAI_DATASET_MEAN,
-    std: Sequence[float] = OPENAI_DATASET_STD,
-    scale: Tuple[float, float] = (0.9, 1.0),
-    interpolation: str = "bicubic",
-    rng: Optional[random.Random] = None,
-) -> ImageTransform:
-    """open_clip's `image_transform` without torch: see `ImageTransform` for the arguments."""
-    return ImageTransform(image_size, is_train, mean, std, scale, interpolation, rng)
+# open_clip's name for it: image_transform(image_size, is_train, ...).
+image_transform = ImageTransform
