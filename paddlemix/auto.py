@@ -11,7 +11,8 @@ from .models.registry import config_file
 from .processors.processor import CLIPProcessor
 
 # model_type (in config.json) -> (config class, model class). Families register here.
-MODEL_TYPES: Dict[str, Tuple[Type, Type]] = {"clip": (CLIPConfig, CLIP)}
+# EVA-CLIP is CLIP with EVA vision-tower options switched on: the same classes serve it.
+MODEL_TYPES: Dict[str, Tuple[Type, Type]] = {"clip": (CLIPConfig, CLIP), "evaclip": (CLIPConfig, CLIP)}
 
 
 def _load_config(path: Path):

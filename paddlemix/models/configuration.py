@@ -31,7 +31,10 @@ def _from_dict(cls, values: Dict[str, Any], where: str):
 
 @dataclass
 class VisionConfig:
-    """ViT image tower. `width // head_width` heads; `mlp_ratio * width` hidden units."""
+    """ViT image tower. `width // head_width` heads; `mlp_ratio * width` hidden units.
+
+    The defaults are OpenAI CLIP's ViT; EVA-CLIP's towers switch on the options below the line.
+    """
 
     image_size: Union[int, Tuple[int, int]] = 224
     patch_size: int = 16
@@ -44,6 +47,19 @@ class VisionConfig:
     pool_type: str = "tok"  # 'tok' (class token) or 'avg' (mean of patch tokens)
     no_ln_pre: bool = False
     final_ln_after_pool: bool = False
+    # ---- EVA-CLIP options (names as in the EVA-CLIP configs where they exist)
+    patch_bias: bool = False  # bias in the patch-embedding convolution
+    proj_bias: bool = False  # bias after the output projection (EVA's `head` Linear)
+    attn_bias: str = "qkv"  # biases of the q/k/v projections: 'qkv', 'qv' (EVA: key has none) or 'none'
+    norm_eps: float = 1e-5  # LayerNorm epsilon (EVA towers use 1e-6)
+    rope: bool = False  # 2-D rotary position embedding on q and k of the patch tokens
+    pt_hw_seq_len: int = 16  # rope: grid side the frequencies were pretrained at
+    intp_freq: bool = True  # rope: rescale positions of a different grid to the pretrained one
+    naiveswiglu: bool = False  # SwiGLU MLP (w1 gate, w2, SiLU, w3) instead of Linear-GELU-Linear
+    subln: bool = False  # sub-LN: LayerNorm before the attention output and MLP output projections
+    postnorm: bool = False  # residual post-norm blocks: x + ln(attn(x)) (EVA02-CLIP-bigE)
+    xattn: bool = False  # fused attention kernel where the device has one (same result as the fallback)
+    drop_path_rate: float = 0.0  # stochastic depth, rising linearly to this rate in the last block
 
     @property
     def heads(self) -> int:
@@ -63,6 +79,7 @@ class TextConfig:
     ls_init_value: Optional[float] = None
     pool_type: str = "argmax"  # 'argmax' (EOT has the highest id), 'first', 'last'
     proj_bias: bool = False
+    xattn: bool = False  # fused attention kernel where the device has one (same result as the fallback)
 
 
 @dataclass

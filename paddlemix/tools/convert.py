@@ -3,69 +3,35 @@
     python -m paddlemix.tools.convert --source open_clip --model paddlemix/CLIP/ViT-B-32 \\
         --checkpoint open_clip_model.safetensors --output ./ViT-B-32
 
-`--model` is a registry name or an open_clip model config JSON. `--checkpoint` is a `.safetensors`
-state dict (open_clip's published format) or a `.npz` (plain keys, or `sd/<key>` as written by the
-reference dump). Every key must map, every model weight must be filled and every shape must match:
-otherwise nothing is written and the offending keys are listed.
+Sources: `open_clip` (CLIP, and EVA-CLIP with its timm trunk `visual.trunk.*`) and `eva_clip` (the
+EVA-CLIP repository's checkpoints: `visual.blocks.N.attn.q_proj`, `mlp.w1/w2/w3`, `ffn_ln`, ...).
+`--model` is a registry name or a model config JSON (paddlemix's, or open_clip's for plain CLIP).
+`--checkpoint` is a `.safetensors` state dict (open_clip's published format) or a `.npz` (plain
+keys, or `sd/<key>` as written by the reference dump). Every key must map, every model weight must
+be filled and every shape must match: otherwise nothing is written and the offending keys are
+listed. The one tensor adapted is the image position embedding, resampled when the checkpoint was
+trained at another resolution (as EVA-CLIP does for its 336-pixel models).
 """
 
 import argparse
 import json
 import logging
-import re
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Dict
 
 import numpy as np
 import paddle
 
 from ..auto import AutoConfig, AutoModel
+from ..models.clip.towers import resample_positional_embedding
 from ..models.configuration import CLIPConfig
 from ..models.modeling_utils import parameter_count
 from ..models.state_dict import StateDictMismatchError, check_state_dict
 from ..utils.log import logger
+from .checkpoint_formats import SOURCES, convert_state
 
-# open_clip rebuilds these buffers itself; old checkpoints may still carry them.
-OPEN_CLIP_REBUILT_BUFFERS = {"attn_mask", "visual.attn_mask"}
-
-# (open_clip key pattern, paddlemix key template, transpose): torch Linear weights are [out, in],
-# Paddle's are [in, out]; MultiheadAttention's packed in_proj is our fused qkv Linear.
-OPEN_CLIP_RULES: List[Tuple[str, str, bool]] = [
-    (r"(.*resblocks\.\d+)\.attn\.in_proj_weight", r"\1.attn.qkv.weight", True),
-    (r"(.*resblocks\.\d+)\.attn\.in_proj_bias", r"\1.attn.qkv.bias", False),
-    (r"(.*resblocks\.\d+\.(?:attn\.out_proj|mlp\.c_fc|mlp\.c_proj))\.weight", r"\1.weight", True),
-    (r"text_projection\.weight", r"text_projection.weight", True),
-]
-# open_clip keeps the text tower's modules at the top level of CLIP; paddlemix nests them in `text.`
-OPEN_CLIP_TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
-
-
-def open_clip_key(key: str, value: np.ndarray) -> Tuple[str, np.ndarray]:
-    """Map one open_clip CLIP state-dict entry to its paddlemix name and layout."""
-    for pattern, template, transpose in OPEN_CLIP_RULES:
-        if re.fullmatch(pattern, key):
-            key, value = re.sub(pattern, template, key), (value.T if transpose else value)
-            break
-    if key.startswith(OPEN_CLIP_TEXT_PREFIXES):
-        key = "text." + key
-    return key, value
-
-
-def convert_open_clip(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """open_clip CLIP state dict (numpy) -> paddlemix CLIP state dict (numpy)."""
-    converted = {}
-    for key, value in state.items():
-        key = key[len("module."):] if key.startswith("module.") else key  # DDP-saved checkpoints
-        if key in OPEN_CLIP_REBUILT_BUFFERS:
-            continue
-        new_key, new_value = open_clip_key(key, value)
-        converted[new_key] = np.array(new_value, order="C")  # (ascontiguousarray would make 0-d 1-d)
-    return converted
-
-
-SOURCES: Dict[str, Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = {"open_clip": convert_open_clip}
-
+POSITIONAL_EMBEDDING = "visual.positional_embedding"
 
 def read_checkpoint(path: Path) -> Dict[str, np.ndarray]:
     """A state dict of numpy arrays from `.safetensors` or `.npz`."""
@@ -99,15 +65,27 @@ def read_model_config(model: str) -> CLIPConfig:
     return AutoConfig.from_pretrained(model)
 
 
+def fit_positional_embedding(state: Dict[str, np.ndarray], expected_shape: tuple, checkpoint: Path) -> None:
+    """Resample the image tower's absolute position embedding to the model's grid (224 -> 336 pixels)."""
+    given = state.get(POSITIONAL_EMBEDDING)
+    if given is None or tuple(given.shape) == tuple(expected_shape) or given.shape[-1] != expected_shape[-1]:
+        return  # absent or already right; a width mismatch is reported by the shape check
+    state[POSITIONAL_EMBEDDING] = resample_positional_embedding(given, expected_shape[0])
+    logger.warning(
+        "%s: %s has %d tokens, the model %d: resampled (bicubic) to the model's patch grid",
+        checkpoint, POSITIONAL_EMBEDDING, given.shape[0], expected_shape[0],
+    )
+
+
 def convert(source: str, model: str, checkpoint: Path, output: Path) -> Path:
     """Convert and write `output`; raises StateDictMismatchError before writing anything on a mismatch."""
-    if source not in SOURCES:
-        raise ValueError(f"--source {source!r} is not supported; choose from {', '.join(sorted(SOURCES))}")
     config = read_model_config(model)
-    state = SOURCES[source](read_checkpoint(checkpoint))
+    state = convert_state(source, read_checkpoint(checkpoint))
     with paddle.LazyGuard():  # shapes only: check before allocating anything
         skeleton = AutoModel.from_config(config)
     expected = {key: tuple(int(d) for d in value.shape) for key, value in skeleton.state_dict().items()}
+    if POSITIONAL_EMBEDDING in expected:
+        fit_positional_embedding(state, expected[POSITIONAL_EMBEDDING], checkpoint)
     check_state_dict(expected, state, source=f"{checkpoint} (after {source} key mapping)")
     net = AutoModel.from_config(config)
     for key, param in net.state_dict().items():

@@ -1,12 +1,15 @@
 """The two CLIP towers: an OpenAI-style ViT image encoder and a causal text transformer."""
 
+import math
 from typing import Tuple
 
+import numpy as np
 import paddle
 import paddle.nn as nn
+import paddle.nn.functional as F
 
 from ..configuration import TextConfig, VisionConfig
-from ..layers import Transformer
+from ..layers import BlockOptions, Transformer, rope_sin_cos
 
 Normal = nn.initializer.Normal
 
@@ -15,20 +18,54 @@ def _pair(value) -> Tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-def drop_patches(tokens: paddle.Tensor, drop_fraction: float) -> paddle.Tensor:
+def resample_positional_embedding(embedding: np.ndarray, tokens: int) -> np.ndarray:
+    """[1 + g*g, width] class + square-grid position embedding -> [tokens, width], bicubic.
+
+    As EVA-CLIP's `resize_evaclip_pos_embed` (bicubic, align_corners=False, no antialiasing), so a
+    checkpoint trained at 224 pixels loads into a 336-pixel model.
+    """
+    old_side, new_side = math.isqrt(embedding.shape[0] - 1), math.isqrt(tokens - 1)
+    if old_side**2 + 1 != embedding.shape[0] or new_side**2 + 1 != tokens:
+        raise ValueError(f"cannot resample a position embedding of {embedding.shape[0]} tokens to {tokens}: "
+                         "both must be a class token plus a square grid")
+    grid = paddle.to_tensor(embedding[1:].reshape(1, old_side, old_side, -1)).transpose([0, 3, 1, 2])
+    grid = F.interpolate(grid, size=[new_side, new_side], mode="bicubic", align_corners=False)
+    grid = grid.transpose([0, 2, 3, 1]).reshape([new_side * new_side, -1]).numpy()
+    return np.concatenate([embedding[:1], grid], axis=0)
+
+
+def drop_patches(tokens: paddle.Tensor, drop_fraction: float) -> Tuple[paddle.Tensor, paddle.Tensor]:
     """Keep a random subset of patch tokens per sample (FLIP, arXiv:2212.00794); the class token stays.
 
-    tokens: [batch, 1 + patches, width] -> [batch, 1 + kept, width].
+    tokens: [batch, 1 + patches, width] -> ([batch, 1 + kept, width], kept patch indices [batch, kept]).
     """
     batch, count = tokens.shape[0], tokens.shape[1] - 1
     keep = max(1, int(count * (1.0 - drop_fraction)))
-    kept_index = paddle.argsort(paddle.rand([batch, count]), axis=-1)[:, :keep] + 1
-    kept_index = paddle.concat([paddle.zeros([batch, 1], dtype=kept_index.dtype), kept_index], axis=1)
-    return paddle.take_along_axis(tokens, kept_index.unsqueeze(-1), axis=1, broadcast=True)
+    kept_patches = paddle.argsort(paddle.rand([batch, count]), axis=-1)[:, :keep]
+    kept_tokens = paddle.concat([paddle.zeros([batch, 1], dtype=kept_patches.dtype), kept_patches + 1], axis=1)
+    return paddle.take_along_axis(tokens, kept_tokens.unsqueeze(-1), axis=1, broadcast=True), kept_patches
+
+
+def vision_block_options(cfg: VisionConfig, quick_gelu: bool) -> BlockOptions:
+    return BlockOptions(
+        mlp_ratio=cfg.mlp_ratio,
+        ls_init_value=cfg.ls_init_value,
+        quick_gelu=quick_gelu,
+        attn_bias=cfg.attn_bias,
+        subln=cfg.subln,
+        swiglu=cfg.naiveswiglu,
+        postnorm=cfg.postnorm,
+        norm_eps=cfg.norm_eps,
+        xattn=cfg.xattn,
+    )
 
 
 class VisionTransformer(nn.Layer):
-    """Patchify + class token + positional embedding, ln_pre, pre-LN blocks, ln_post, projection."""
+    """Patchify + class token + positional embedding, [ln_pre], blocks, ln_post, projection.
+
+    OpenAI CLIP's ViT by default; EVA-01/EVA-02's towers through the VisionConfig options (rope,
+    SwiGLU, sub-LN, q/v biases, post-norm, patch bias, projection bias).
+    """
 
     def __init__(self, cfg: VisionConfig, output_dim: int, quick_gelu: bool = False):
         super().__init__()
@@ -43,29 +80,44 @@ class VisionTransformer(nn.Layer):
         width = cfg.width
         scale = width**-0.5
 
-        self.conv1 = nn.Conv2D(3, width, kernel_size=patch, stride=patch, bias_attr=False)
+        self.conv1 = nn.Conv2D(3, width, kernel_size=patch, stride=patch, bias_attr=None if cfg.patch_bias else False)
         self.class_embedding = self.create_parameter([width], default_initializer=Normal(std=scale))
         self.positional_embedding = self.create_parameter(
             [self.grid_size[0] * self.grid_size[1] + 1, width], default_initializer=Normal(std=scale)
         )
-        self.ln_pre = nn.Identity() if cfg.no_ln_pre else nn.LayerNorm(width, epsilon=1e-5)
-        self.transformer = Transformer(width, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.ls_init_value, quick_gelu)
-        self.ln_post = nn.LayerNorm(width, epsilon=1e-5)
+        if cfg.rope:
+            rope = rope_sin_cos(cfg.head_width, self.grid_size, cfg.pt_hw_seq_len, cfg.intp_freq)
+            self.register_buffer("rope", paddle.to_tensor(rope), persistable=False)
+        else:
+            self.rope = None
+        self.ln_pre = nn.Identity() if cfg.no_ln_pre else nn.LayerNorm(width, epsilon=cfg.norm_eps)
+        self.transformer = Transformer(
+            width, cfg.layers, cfg.heads, vision_block_options(cfg, quick_gelu), cfg.drop_path_rate
+        )
+        self.ln_post = nn.LayerNorm(width, epsilon=cfg.norm_eps)
         self.proj = self.create_parameter([width, output_dim], default_initializer=Normal(std=scale))
+        if cfg.proj_bias:
+            self.proj_bias = self.create_parameter([output_dim], default_initializer=nn.initializer.Constant(0.0))
+        else:
+            self.proj_bias = None
 
     def forward(self, image: paddle.Tensor) -> paddle.Tensor:
         """image: [batch, 3, H, W] normalised float -> pooled features [batch, output_dim]."""
         x = self.conv1(image).flatten(2).transpose([0, 2, 1])  # [batch, grid*grid, width]
         cls = self.class_embedding.astype(x.dtype).expand([x.shape[0], 1, x.shape[-1]])
         x = paddle.concat([cls, x], axis=1) + self.positional_embedding.astype(x.dtype)
+        rope = self.rope
         if self.training and self.patch_dropout > 0:
-            x = drop_patches(x, self.patch_dropout)
-        x = self.transformer(self.ln_pre(x))
+            x, kept_patches = drop_patches(x, self.patch_dropout)
+            if rope is not None:  # each sample keeps the rotations of its own kept patches
+                rope = paddle.gather(rope, kept_patches.flatten()).reshape([*kept_patches.shape, rope.shape[-1]])
+        x = self.transformer(self.ln_pre(x), rope=rope)
         if self.final_ln_after_pool:
             pooled = self.ln_post(self._pool(x))
         else:
             pooled = self._pool(self.ln_post(x))
-        return pooled @ self.proj
+        pooled = pooled @ self.proj
+        return pooled if self.proj_bias is None else pooled + self.proj_bias
 
     def _pool(self, x: paddle.Tensor) -> paddle.Tensor:
         return x[:, 1:].mean(axis=1) if self.pool_type == "avg" else x[:, 0]
@@ -87,7 +139,8 @@ class TextTransformer(nn.Layer):
         self.positional_embedding = self.create_parameter(
             [cfg.context_length, width], default_initializer=Normal(std=0.01)
         )
-        self.transformer = Transformer(width, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.ls_init_value, quick_gelu)
+        options = BlockOptions(cfg.mlp_ratio, cfg.ls_init_value, quick_gelu, xattn=cfg.xattn)
+        self.transformer = Transformer(width, cfg.layers, cfg.heads, options)
         self.ln_final = nn.LayerNorm(width, epsilon=1e-5)
         if cfg.proj_bias:
             self.text_projection = nn.Linear(width, output_dim)

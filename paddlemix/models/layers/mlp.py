@@ -1,4 +1,4 @@
-"""Transformer feed-forward block and its activations."""
+"""Transformer feed-forward blocks and their activations."""
 
 import paddle
 import paddle.nn as nn
@@ -20,13 +20,28 @@ def activation_layer(quick_gelu: bool) -> nn.Layer:
 
 
 class Mlp(nn.Layer):
-    """Linear(width -> hidden) + activation + Linear(hidden -> width), named as in open_clip."""
+    """c_fc -> activation -> [ffn_ln] -> c_proj (names as in open_clip; ffn_ln is EVA's sub-LN)."""
 
-    def __init__(self, width: int, hidden: int, quick_gelu: bool = False):
+    def __init__(self, width: int, hidden: int, quick_gelu: bool = False, subln: bool = False, norm_eps: float = 1e-5):
         super().__init__()
         self.c_fc = Linear(width, hidden)
         self.act = activation_layer(quick_gelu)
+        self.ffn_ln = nn.LayerNorm(hidden, epsilon=norm_eps) if subln else nn.Identity()
         self.c_proj = Linear(hidden, width)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.c_proj(self.act(self.c_fc(x)))
+        return self.c_proj(self.ffn_ln(self.act(self.c_fc(x))))
+
+
+class SwiGLU(nn.Layer):
+    """w3([ffn_ln](silu(w1 x) * w2 x)) (Shazeer 2020), named as in EVA-CLIP."""
+
+    def __init__(self, width: int, hidden: int, subln: bool = False, norm_eps: float = 1e-5):
+        super().__init__()
+        self.w1 = Linear(width, hidden)
+        self.w2 = Linear(width, hidden)
+        self.ffn_ln = nn.LayerNorm(hidden, epsilon=norm_eps) if subln else nn.Identity()
+        self.w3 = Linear(hidden, width)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.w3(self.ffn_ln(F.silu(self.w1(x)) * self.w2(x)))

@@ -1,5 +1,10 @@
-"""The one pre-LN transformer block (with options) and the stack of blocks every tower uses."""
+"""The one transformer block (with options) and the stack of blocks every tower uses.
 
+CLIP's block is the default; EVA-CLIP's are the same block with rope, SwiGLU, sub-LN, q/v-only
+biases, layer scale, post-norm or stochastic depth switched on.
+"""
+
+from dataclasses import dataclass
 from typing import Optional
 
 import paddle
@@ -7,7 +12,21 @@ import paddle.nn as nn
 from paddle.distributed.fleet.utils import recompute
 
 from .attention import Attention
-from .mlp import Mlp
+from .drop_path import DropPath, drop_path_rates
+from .mlp import Mlp, SwiGLU
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    mlp_ratio: float = 4.0
+    ls_init_value: Optional[float] = None  # layer scale initial value; None disables it
+    quick_gelu: bool = False
+    attn_bias: str = "qkv"  # see Attention
+    subln: bool = False  # LayerNorm before the attention and MLP output projections
+    swiglu: bool = False  # SwiGLU MLP instead of Linear-GELU-Linear
+    postnorm: bool = False  # x + ln(f(x)) instead of x + f(ln(x))
+    norm_eps: float = 1e-5
+    xattn: bool = False
 
 
 class LayerScale(nn.Layer):
@@ -24,55 +43,61 @@ class LayerScale(nn.Layer):
 
 
 class ResidualAttentionBlock(nn.Layer):
-    """x + attn(ln_1(x)), then x + mlp(ln_2(x)); optional layer scale on both branches."""
+    """Pre-LN: x + attn(ln_1(x)), x + mlp(ln_2(x)); post-norm: x + ln_1(attn(x)), x + ln_2(mlp(x))."""
 
-    def __init__(
-        self,
-        width: int,
-        heads: int,
-        mlp_ratio: float = 4.0,
-        ls_init_value: Optional[float] = None,
-        quick_gelu: bool = False,
-    ):
+    def __init__(self, width: int, heads: int, options: BlockOptions = BlockOptions(), drop_path: float = 0.0):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(width, epsilon=1e-5)
-        self.attn = Attention(width, heads)
-        self.ls_1 = LayerScale(width, ls_init_value) if ls_init_value is not None else nn.Identity()
-        self.ln_2 = nn.LayerNorm(width, epsilon=1e-5)
-        self.mlp = Mlp(width, int(width * mlp_ratio), quick_gelu)
-        self.ls_2 = LayerScale(width, ls_init_value) if ls_init_value is not None else nn.Identity()
+        self.postnorm = options.postnorm
+        self.ln_1 = nn.LayerNorm(width, epsilon=options.norm_eps)
+        self.attn = Attention(width, heads, options.attn_bias, options.subln, options.norm_eps, options.xattn)
+        self.ln_2 = nn.LayerNorm(width, epsilon=options.norm_eps)
+        hidden = int(width * options.mlp_ratio)
+        if options.swiglu:
+            self.mlp = SwiGLU(width, hidden, options.subln, options.norm_eps)
+        else:
+            self.mlp = Mlp(width, hidden, options.quick_gelu, options.subln, options.norm_eps)
+        with_scale = options.ls_init_value is not None
+        self.ls_1 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
+        self.ls_2 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: paddle.Tensor, attn_mask: Optional[paddle.Tensor] = None) -> paddle.Tensor:
-        x = x + self.ls_1(self.attn(self.ln_1(x), attn_mask=attn_mask))
-        return x + self.ls_2(self.mlp(self.ln_2(x)))
+    def forward(
+        self, x: paddle.Tensor, attn_mask: Optional[paddle.Tensor] = None, rope: Optional[paddle.Tensor] = None
+    ) -> paddle.Tensor:
+        if self.postnorm:
+            x = x + self.drop_path(self.ls_1(self.ln_1(self.attn(x, attn_mask, rope))))
+            return x + self.drop_path(self.ls_2(self.ln_2(self.mlp(x))))
+        x = x + self.drop_path(self.ls_1(self.attn(self.ln_1(x), attn_mask, rope)))
+        return x + self.drop_path(self.ls_2(self.mlp(self.ln_2(x))))
 
 
 class Transformer(nn.Layer):
-    """`layers` residual blocks of the same width; `recompute` trades compute for activation memory."""
+    """`layers` blocks of one width; `recompute` trades compute for activation memory in training."""
 
     def __init__(
         self,
         width: int,
         layers: int,
         heads: int,
-        mlp_ratio: float = 4.0,
-        ls_init_value: Optional[float] = None,
-        quick_gelu: bool = False,
+        options: BlockOptions = BlockOptions(),
+        drop_path_rate: float = 0.0,
     ):
         super().__init__()
         self.width = width
         self.layers = layers
         self.recompute = False
         self.resblocks = nn.LayerList(
-            [ResidualAttentionBlock(width, heads, mlp_ratio, ls_init_value, quick_gelu) for _ in range(layers)]
+            [ResidualAttentionBlock(width, heads, options, rate) for rate in drop_path_rates(drop_path_rate, layers)]
         )
 
-    def forward(self, x: paddle.Tensor, attn_mask: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+    def forward(
+        self, x: paddle.Tensor, attn_mask: Optional[paddle.Tensor] = None, rope: Optional[paddle.Tensor] = None
+    ) -> paddle.Tensor:
         """x: [batch, tokens, width] -> same shape."""
         for block in self.resblocks:
             if self.recompute and self.training:
                 # use_reentrant=False: the reentrant variant silently drops these blocks' gradients
-                x = recompute(block, x, attn_mask, use_reentrant=False)
+                x = recompute(block, x, attn_mask, rope, use_reentrant=False)
             else:
-                x = block(x, attn_mask=attn_mask)
+                x = block(x, attn_mask, rope)
         return x

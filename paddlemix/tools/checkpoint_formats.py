@@ -1,0 +1,142 @@
+"""Foreign checkpoint layouts -> paddlemix state dicts (numpy arrays, paddlemix names and layout).
+
+Each source renames keys to paddlemix's names (keeping torch's [out, in] Linear layout); one
+shared step then moves Linear weights to Paddle's [in, out] layout. EVA vision towers have two
+spellings: the EVA-CLIP repository's (`visual.blocks.N.mlp.w1`, `attn.inner_attn_ln`, ...) and
+timm's inside open_clip (`visual.trunk.blocks.N.mlp.fc1_g`, `attn.norm`, ...); timm's is first
+renamed to EVA-CLIP's, so one table maps EVA towers to paddlemix.
+"""
+
+import re
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+
+State = Dict[str, np.ndarray]
+
+# Buffers the models rebuild themselves; checkpoints may carry them.
+REBUILT_BUFFERS = re.compile(r"(?:visual\.|text\.)?attn_mask|visual\.(?:trunk\.)?rope\..*")
+# Keys of 2-D tensors that are not torch Linear weights (kept as they are).
+NOT_LINEAR = {"text.token_embedding.weight"}
+
+# open_clip's CLIP keeps its text modules at the top level; paddlemix nests them in `text.`
+# (open_clip's CustomTextCLIP, used for EVA, already does).
+OPEN_CLIP_TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+OPEN_CLIP_RENAMES: List[Tuple[str, str]] = [
+    (r"(.*resblocks\.\d+\.attn)\.in_proj_weight", r"\1.qkv.weight"),  # MultiheadAttention's packed q|k|v
+    (r"(.*resblocks\.\d+\.attn)\.in_proj_bias", r"\1.qkv.bias"),
+]
+
+# timm Eva (open_clip's `visual.trunk.`) -> EVA-CLIP repository names, the inverse of
+# timm.models.eva.checkpoint_filter_fn. `mlp.fc2` is SwiGLU's `w3` only where `mlp.fc1_g` exists.
+TIMM_TO_EVA_RENAMES: List[Tuple[str, str]] = [
+    (r"visual\.trunk\.", "visual."),
+    (r"\.attn\.norm\.", ".attn.inner_attn_ln."),
+    (r"\.mlp\.norm\.", ".mlp.ffn_ln."),
+    (r"\.mlp\.fc1_g\.", ".mlp.w1."),
+    (r"\.mlp\.fc1_x\.", ".mlp.w2."),
+    (r"\.attn\.q_proj\.bias$", ".attn.q_bias"),
+    (r"\.attn\.v_proj\.bias$", ".attn.v_bias"),
+]
+# EVA-CLIP repository names -> paddlemix.
+EVA_RENAMES: List[Tuple[str, str]] = [
+    (r"^visual\.cls_token$", "visual.class_embedding"),
+    (r"^visual\.pos_embed$", "visual.positional_embedding"),
+    (r"^visual\.patch_embed\.proj\.", "visual.conv1."),
+    (r"^visual\.blocks\.", "visual.transformer.resblocks."),
+    (r"\.norm1\.", ".ln_1."),
+    (r"\.norm2\.", ".ln_2."),
+    (r"\.gamma_1$", ".ls_1.gamma"),
+    (r"\.gamma_2$", ".ls_2.gamma"),
+    (r"\.attn\.proj\.", ".attn.out_proj."),
+    (r"\.mlp\.fc1\.", ".mlp.c_fc."),
+    (r"\.mlp\.fc2\.", ".mlp.c_proj."),
+    (r"^visual\.(?:fc_)?norm\.", "visual.ln_post."),
+    (r"^visual\.head\.bias$", "visual.proj_bias"),
+]
+
+
+def _rename(key: str, rules: List[Tuple[str, str]]) -> str:
+    for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def _strip_wrappers(state: State) -> State:
+    """Drop `module.` (DDP) prefixes and the buffers the model rebuilds."""
+    out = {}
+    for key, value in state.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        if not REBUILT_BUFFERS.fullmatch(key):
+            out[key] = value
+    return out
+
+
+def _eva_visual_to_paddlemix(state: State) -> State:
+    """EVA-CLIP-named `visual.*` entries (torch layout) -> paddlemix names; other keys unchanged."""
+    out = {}
+    for key, value in state.items():
+        if not key.startswith("visual."):
+            out[key] = value
+        elif key == "visual.head.weight":  # a Linear in EVA, a [width, embed] matrix here
+            out["visual.proj"] = value.T
+        elif re.fullmatch(r"visual\.blocks\.\d+\.attn\.[kv]_proj\.weight", key):
+            continue  # packed with q_proj below
+        elif key.endswith(".attn.q_proj.weight"):
+            block = key[: -len(".q_proj.weight")]
+            packed = np.concatenate([state[f"{block}.{n}_proj.weight"] for n in "qkv"], axis=0)
+            out[_rename(f"{block}.qkv.weight", EVA_RENAMES)] = packed
+        else:
+            value = value.reshape(value.shape[-1]) if key == "visual.cls_token" else value
+            value = value.reshape(value.shape[-2:]) if key == "visual.pos_embed" else value
+            out[_rename(key, EVA_RENAMES)] = value
+    return out
+
+
+def _is_swiglu_block(state: State, key: str) -> bool:
+    block = re.match(r"(.*\.blocks\.\d+)\.", key)
+    return block is not None and f"{block.group(1)}.mlp.fc1_g.weight" in state
+
+
+def rename_open_clip(state: State) -> State:
+    """open_clip CLIP / CustomTextCLIP, with an OpenAI ViT or a timm EVA trunk."""
+    state = _strip_wrappers(state)
+    out = {}
+    for key, value in state.items():
+        new_key = _rename(key, OPEN_CLIP_RENAMES)
+        if new_key.startswith(OPEN_CLIP_TEXT_PREFIXES):
+            new_key = "text." + new_key
+        if new_key.startswith("visual.trunk."):
+            if new_key.endswith((".mlp.fc2.weight", ".mlp.fc2.bias")) and _is_swiglu_block(state, key):
+                new_key = new_key.replace(".mlp.fc2.", ".mlp.w3.")
+            new_key = _rename(new_key, TIMM_TO_EVA_RENAMES)
+        out[new_key] = value
+    return _eva_visual_to_paddlemix(out) if "visual.pos_embed" in out else out
+
+
+def rename_eva_clip(state: State) -> State:
+    """The EVA-CLIP repository's checkpoints (torch): EVA vision tower + open_clip text tower."""
+    state = _strip_wrappers(state)
+    return _eva_visual_to_paddlemix({_rename(k, OPEN_CLIP_RENAMES): v for k, v in state.items()})
+
+
+def torch_to_paddle_layout(state: State) -> State:
+    """Transpose torch Linear weights ([out, in]) to Paddle's [in, out]; a 1-element logit_scale to 0-d."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith(".weight") and value.ndim == 2 and key not in NOT_LINEAR:
+            value = value.T
+        if key == "logit_scale" and value.size == 1:
+            value = value.reshape([])
+        out[key] = np.array(value, order="C")  # (ascontiguousarray would make 0-d 1-d)
+    return out
+
+
+SOURCES: Dict[str, Callable[[State], State]] = {"open_clip": rename_open_clip, "eva_clip": rename_eva_clip}
+
+
+def convert_state(source: str, state: State) -> State:
+    """`source` checkpoint (numpy) -> paddlemix state dict in Paddle layout."""
+    if source not in SOURCES:
+        raise ValueError(f"--source {source!r} is not supported; choose from {', '.join(sorted(SOURCES))}")
+    return torch_to_paddle_layout(SOURCES[source](state))

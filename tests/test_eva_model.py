@@ -1,0 +1,103 @@
+"""EVA-CLIP family: registry, parameter counts, attention kernels, stochastic depth, recompute."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from paddlemix import AutoConfig, AutoModel, list_models
+from paddlemix.models import CLIPConfig, parameter_count
+from paddlemix.models.layers import scaled_dot_product_attention
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# paddlemix registry name -> open_clip's name for the same architecture
+OPEN_CLIP_NAMES = {
+    "paddlemix/EVA/EVA01-CLIP-g-14": "EVA01-g-14",
+    "paddlemix/EVA/EVA01-CLIP-g-14-plus": "EVA01-g-14-plus",
+    "paddlemix/EVA/EVA02-CLIP-B-16": "EVA02-B-16",
+    "paddlemix/EVA/EVA02-CLIP-L-14": "EVA02-L-14",
+    "paddlemix/EVA/EVA02-CLIP-L-14-336": "EVA02-L-14-336",
+    "paddlemix/EVA/EVA02-CLIP-bigE-14": "EVA02-E-14",
+    "paddlemix/EVA/EVA02-CLIP-bigE-14-plus": "EVA02-E-14-plus",
+}
+
+
+def tiny_eva02(**vision_overrides) -> CLIPConfig:
+    vision = {"image_size": 32, "patch_size": 8, "width": 32, "head_width": 16, "layers": 3, "mlp_ratio": 8 / 3,
+              "no_ln_pre": True, "patch_bias": True, "proj_bias": True, "attn_bias": "qv", "norm_eps": 1e-6,
+              "rope": True, "pt_hw_seq_len": 4, "naiveswiglu": True, "subln": True, "xattn": True}
+    text = {"context_length": 8, "vocab_size": 40, "width": 32, "heads": 2, "layers": 2}
+    return CLIPConfig.from_dict({"model_type": "evaclip", "embed_dim": 16,
+                                 "vision_cfg": dict(vision, **vision_overrides), "text_cfg": text})
+
+
+def tiny_batch():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 38, (4, 8))
+    ids[:, 0], ids[:, -1] = 38, 39
+    return paddle.to_tensor(rng.standard_normal((4, 3, 32, 32)).astype("float32")), paddle.to_tensor(ids)
+
+
+def test_all_seven_eva_registry_names_resolve_offline():
+    for name in OPEN_CLIP_NAMES:
+        assert name in list_models()
+        assert AutoConfig.from_pretrained(name).model_type == "evaclip"
+
+
+@pytest.mark.parametrize("name", sorted(OPEN_CLIP_NAMES))
+def test_eva_parameter_count_equals_open_clip_under_lazy_guard(name):
+    counts = json.loads((FIXTURES / "eva_parameter_counts.json").read_text())
+    with paddle.LazyGuard():
+        model = AutoModel.from_config(AutoConfig.from_pretrained(name))
+    assert parameter_count(model) == counts[OPEN_CLIP_NAMES[name]]["total"]
+    assert not any(p._is_initialized() for p in model.parameters())
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["no_mask", "causal_mask"])
+def test_fused_attention_kernel_and_fallback_give_the_same_result(with_mask):
+    rng = np.random.default_rng(0)
+    query, key, value = (paddle.to_tensor(rng.standard_normal((2, 7, 3, 8)).astype("float32")) for _ in range(3))
+    mask = paddle.triu(paddle.full([7, 7], float("-inf")), diagonal=1) if with_mask else None
+    fused = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, training=False)
+    fallback = scaled_dot_product_attention(query, key, value, mask, fused=False)
+    np.testing.assert_allclose(fallback.numpy(), fused.numpy(), rtol=0, atol=1e-5)
+
+
+def test_drop_path_is_identity_in_eval_and_drops_whole_samples_in_training():
+    paddle.seed(0)
+    model = AutoModel.from_config(tiny_eva02(drop_path_rate=0.5))
+    image, _ = tiny_batch()
+    model.eval()
+    first, second = model.encode_image(image).numpy(), model.encode_image(image).numpy()
+    np.testing.assert_array_equal(first, second)
+    model.train()
+    assert not np.allclose(model.encode_image(image).numpy(), first)
+    rates = [block.drop_path.drop_prob for block in model.visual.transformer.resblocks[1:]]
+    assert rates == [0.25, 0.5]  # linear from 0 in the first block (which has none) to the rate
+
+
+def test_patch_dropout_keeps_each_samples_own_rotary_positions():
+    paddle.seed(0)
+    model = AutoModel.from_config(tiny_eva02(patch_dropout=0.5))
+    model.train()
+    image, ids = tiny_batch()
+    loss = model(image=image, input_ids=ids)["loss"]
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_recompute_gives_identical_eva_gradients():
+    image, ids = tiny_batch()
+    grads = []
+    for recompute in (False, True):
+        paddle.seed(0)
+        model = AutoModel.from_config(tiny_eva02())
+        model.train()
+        model.set_recompute(recompute)
+        model(image=image, input_ids=ids)["loss"].backward()
+        grads.append({name: p.grad.numpy() for name, p in model.named_parameters()})
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[1][name], grads[0][name], err_msg=name)
