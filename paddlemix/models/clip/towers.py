@@ -9,7 +9,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..configuration import TextConfig, VisionConfig
-from ..layers import BlockOptions, Transformer, rope_sin_cos
+from ..layers import BlockOptions, Transformer, rope_rotations, rope_sin_cos
 
 Normal = nn.initializer.Normal
 
@@ -37,13 +37,13 @@ def resample_positional_embedding(embedding: np.ndarray, tokens: int) -> np.ndar
 def drop_patches(tokens: paddle.Tensor, drop_fraction: float) -> Tuple[paddle.Tensor, paddle.Tensor]:
     """Keep a random subset of patch tokens per sample (FLIP, arXiv:2212.00794); the class token stays.
 
-    tokens: [batch, 1 + patches, width] -> ([batch, 1 + kept, width], kept patch indices [batch, kept]).
+    tokens: [batch, 1 + patches, width] -> ([batch, 1 + kept, width], kept token indices [batch, 1 + kept]).
     """
     batch, count = tokens.shape[0], tokens.shape[1] - 1
     keep = max(1, int(count * (1.0 - drop_fraction)))
     kept_patches = paddle.argsort(paddle.rand([batch, count]), axis=-1)[:, :keep]
     kept_tokens = paddle.concat([paddle.zeros([batch, 1], dtype=kept_patches.dtype), kept_patches + 1], axis=1)
-    return paddle.take_along_axis(tokens, kept_tokens.unsqueeze(-1), axis=1, broadcast=True), kept_patches
+    return paddle.take_along_axis(tokens, kept_tokens.unsqueeze(-1), axis=1, broadcast=True), kept_tokens
 
 
 def vision_block_options(cfg: VisionConfig, quick_gelu: bool) -> BlockOptions:
@@ -86,8 +86,8 @@ class VisionTransformer(nn.Layer):
             [self.grid_size[0] * self.grid_size[1] + 1, width], default_initializer=Normal(std=scale)
         )
         if cfg.rope:
-            rope = rope_sin_cos(cfg.head_width, self.grid_size, cfg.pt_hw_seq_len, cfg.intp_freq)
-            self.register_buffer("rope", paddle.to_tensor(rope), persistable=False)
+            sin_cos = rope_sin_cos(cfg.head_width, self.grid_size, cfg.pt_hw_seq_len, cfg.intp_freq)
+            self.register_buffer("rope", paddle.to_tensor(rope_rotations(sin_cos)), persistable=False)
         else:
             self.rope = None
         self.ln_pre = nn.Identity() if cfg.no_ln_pre else nn.LayerNorm(width, epsilon=cfg.norm_eps)
@@ -108,9 +108,9 @@ class VisionTransformer(nn.Layer):
         x = paddle.concat([cls, x], axis=1) + self.positional_embedding.astype(x.dtype)
         rope = self.rope
         if self.training and self.patch_dropout > 0:
-            x, kept_patches = drop_patches(x, self.patch_dropout)
-            if rope is not None:  # each sample keeps the rotations of its own kept patches
-                rope = paddle.gather(rope, kept_patches.flatten()).reshape([*kept_patches.shape, rope.shape[-1]])
+            x, kept_tokens = drop_patches(x, self.patch_dropout)
+            if rope is not None:  # each sample keeps the rotations of its own kept tokens
+                rope = paddle.gather(rope, kept_tokens.flatten()).reshape([*kept_tokens.shape, *rope.shape[1:]])
         x = self.transformer(self.ln_pre(x), rope=rope)
         if self.final_ln_after_pool:
             pooled = self.ln_post(self._pool(x))

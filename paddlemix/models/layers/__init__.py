@@ -2,7 +2,7 @@
 
 from .attention import Attention, scaled_dot_product_attention
 from .mlp import Mlp, QuickGELU, SwiGLU, activation_layer
-from .rope import apply_rope, rope_sin_cos
+from .rope import apply_rope, rope_rotations, rope_sin_cos
 from .transformer import BlockOptions, LayerScale, ResidualAttentionBlock, Transformer
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "BlockOptions",
     "SwiGLU",
     "apply_rope",
+    "rope_rotations",
     "rope_sin_cos",
     "LayerScale",
     "Mlp",

@@ -30,11 +30,27 @@ def rope_sin_cos(head_dim: int, grid: Tuple[int, int], pt_seq_len: int, intp_fre
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1).astype(np.float32)
 
 
-def apply_rope(x: paddle.Tensor, rope: paddle.Tensor) -> paddle.Tensor:
-    """Rotate x [batch, tokens, heads, head_dim] by rope [(batch,) tokens, 2 * head_dim] (sin ‖ cos)."""
-    sin, cos = rope.unsqueeze(-2).chunk(2, axis=-1)  # broadcast over heads
-    if sin.ndim < x.ndim:
-        sin, cos = sin.unsqueeze(0), cos.unsqueeze(0)
-    # (x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)
-    rotated = paddle.stack([-x[..., 1::2], x[..., 0::2]], axis=-1).reshape(x.shape)
-    return x * cos + rotated * sin
+def rope_rotations(sin_cos: np.ndarray) -> np.ndarray:
+    """[1 + patches, head_dim, head_dim]: per token, the matrix M with x @ M = rope(x).
+
+    rope(x) = x * cos + rot(x) * sin with rot(x0, x1, ...) = (-x1, x0, ...), so M = diag(cos) + R diag(sin).
+    Row 0 is the identity: the class token is not rotated. As one batched product per token, rope
+    costs one einsum instead of Paddle's slow strided and broadcast elementwise ops on CPU.
+    """
+    sin, cos = np.split(sin_cos, 2, axis=-1)
+    tokens, head_dim = sin.shape
+    rotate = np.zeros((head_dim, head_dim), dtype=np.float32)
+    rotate[np.arange(1, head_dim, 2), np.arange(0, head_dim, 2)] = -1.0
+    rotate[np.arange(0, head_dim, 2), np.arange(1, head_dim, 2)] = 1.0
+    matrices = np.zeros((tokens + 1, head_dim, head_dim), dtype=np.float32)
+    matrices[0] = np.eye(head_dim, dtype=np.float32)
+    matrices[1:] = rotate[None] * sin[:, None, :]
+    matrices[1:, np.arange(head_dim), np.arange(head_dim)] = cos
+    return matrices
+
+
+def apply_rope(x: paddle.Tensor, rotations: paddle.Tensor) -> paddle.Tensor:
+    """Rotate x [batch, tokens, heads, head_dim] by rotations [(batch,) tokens, head_dim, head_dim]."""
+    if rotations.ndim == 3:
+        return paddle.einsum("bnhd,nde->bnhe", x, rotations)
+    return paddle.einsum("bnhd,bnde->bnhe", x, rotations)

@@ -1,0 +1,132 @@
+"""Speed of a paddlemix model (encode_image and a training step), optionally beside open_clip in the same run.
+
+    python benchmarks/bench_model.py --model paddlemix/CLIP/ViT-B-32 --infer-batch 32 --skip-train \
+        --peer ../reference/.venv/bin/python
+    python benchmarks/bench_model.py --model paddlemix/EVA/EVA02-CLIP-B-16 --infer-batch 8 --train-batch 8 \
+        --peer ../reference/.venv/bin/python
+
+Random-init weights, N(0, 1) images and random token ids (speed does not depend on the values),
+float32. encode_image: eval mode, no gradients. Training step: forward + ClipLoss + backward +
+AdamW step, as open_clip's reference bench does. images/s = batch / median time after warm-up.
+`--threads` sets the intra-op threads of both frameworks (Paddle alone defaults to 1). With
+--peer, open_clip runs afterwards through ../shared/reference/openclip_bench.py in that
+interpreter (never at the same time), on its architecture of the same name.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import paddle
+
+from paddlemix import AutoConfig, AutoModel
+
+REFERENCE_BENCH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openclip_bench.py"
+# paddlemix registry name -> open_clip's name for the same architecture, where they differ
+OPEN_CLIP_NAMES = {
+    "paddlemix/EVA/EVA01-CLIP-g-14": "EVA01-g-14",
+    "paddlemix/EVA/EVA01-CLIP-g-14-plus": "EVA01-g-14-plus",
+    "paddlemix/EVA/EVA02-CLIP-B-16": "EVA02-B-16",
+    "paddlemix/EVA/EVA02-CLIP-L-14": "EVA02-L-14",
+    "paddlemix/EVA/EVA02-CLIP-L-14-336": "EVA02-L-14-336",
+    "paddlemix/EVA/EVA02-CLIP-bigE-14": "EVA02-E-14",
+    "paddlemix/EVA/EVA02-CLIP-bigE-14-plus": "EVA02-E-14-plus",
+}
+
+
+def median_rate(step, batch: int, steps: int, warmup: int) -> float:
+    times = []
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        step()
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def bench_paddlemix(args) -> dict:
+    model = AutoModel.from_config(AutoConfig.from_pretrained(args.model))
+    rng = np.random.default_rng(0)
+    size, text_cfg = model.visual.image_size, model.config.text_cfg
+    results = {}
+    if not args.skip_infer:
+        images = paddle.to_tensor(rng.standard_normal((args.infer_batch, 3, *size), dtype=np.float32))
+        model.eval()
+        with paddle.no_grad():
+            results["encode_image"] = median_rate(
+                lambda: model.encode_image(images).numpy(), args.infer_batch, args.steps, args.warmup
+            )
+    if not args.skip_train:
+        images = paddle.to_tensor(rng.standard_normal((args.train_batch, 3, *size), dtype=np.float32))
+        ids = rng.integers(1, text_cfg.vocab_size - 1, (args.train_batch, text_cfg.context_length))
+        ids[:, -1] = text_cfg.vocab_size - 1
+        ids = paddle.to_tensor(ids)
+        model.train()
+        # open_clip's bench optimizer: AdamW(lr 5e-4, wd 0.2, betas (0.9, 0.98), eps 1e-6)
+        optimizer = paddle.optimizer.AdamW(5e-4, beta1=0.9, beta2=0.98, epsilon=1e-6, weight_decay=0.2,
+                                           parameters=model.parameters())
+
+        def train_step():
+            loss = model(image=images, input_ids=ids)["loss"]
+            loss.backward()
+            optimizer.step()
+            optimizer.clear_grad()
+            float(loss)
+
+        results["train_step"] = median_rate(train_step, args.train_batch, args.steps, args.warmup)
+    return results
+
+
+def bench_open_clip(args) -> dict:
+    name = OPEN_CLIP_NAMES.get(args.model, args.model.split("/")[-1])
+    command = [args.peer, str(REFERENCE_BENCH), "--model", name, "--skip-text-infer", "--threads", str(args.threads),
+               "--infer-batch", str(args.infer_batch), "--infer-steps", str(args.steps + args.warmup),
+               "--infer-warmup", str(args.warmup), "--batch-size", str(args.train_batch),
+               "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    command += ["--skip-infer"] if args.skip_infer else []
+    command += ["--skip-train"] if args.skip_train else []
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = Path(tmp) / "open_clip.json"
+        subprocess.run(command + ["--json", str(result_file)], check=True, stdout=subprocess.DEVNULL)
+        raw = json.loads(result_file.read_text())
+    results = {}
+    if "infer_image" in raw:
+        results["encode_image"] = raw["infer_image"]["items_per_s"]
+    if "train" in raw:
+        results["train_step"] = raw["train"]["images_per_s"]
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="paddlemix/CLIP/ViT-B-32")
+    parser.add_argument("--infer-batch", type=int, default=32)
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5, help="timed iterations of each phase")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-infer", action="store_true")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--peer", default=None, help="python of the open_clip reference venv")
+    args = parser.parse_args(argv)
+
+    paddle.base.core.set_num_threads(args.threads)
+    ours = bench_paddlemix(args)
+    peer = bench_open_clip(args) if args.peer else {}
+    batches = {"encode_image": args.infer_batch, "train_step": args.train_batch}
+    print(f"{args.model}, float32, {args.threads} threads (images/s)")
+    for phase, rate in ours.items():
+        line = f"  {phase:<12} batch {batches[phase]:>3}: paddlemix {rate:7.2f}"
+        if phase in peer:
+            line += f"   open_clip {peer[phase]:7.2f}   ratio {rate / peer[phase]:.2f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
