@@ -94,6 +94,9 @@ class CLIPConfig:
     max_logit_scale: float = math.log(100)  # logit_scale is clamped here in forward
     model_type: str = "clip"
     name: Optional[str] = None  # registry name this config came from, if any
+    # How this process splits the model (runtime, not architecture): saved checkpoints and configs
+    # are always unsharded, with 1 here.
+    tensor_parallel_degree: int = 1
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "CLIPConfig":

@@ -1,5 +1,6 @@
 """Saving and loading models in PaddleMIX's layout: `config.json` + `model_state.pdparams`."""
 
+import dataclasses
 from pathlib import Path
 from typing import Union
 
@@ -7,6 +8,7 @@ import paddle
 
 from .configuration import CONFIG_NAME
 from .hub import WEIGHTS_NAME
+from .layers.parallel import gather_unsharded_state_dict, model_parallel_rank, split_state_dict
 from .state_dict import load_state_dict_strict
 
 
@@ -22,17 +24,30 @@ def parameter_count(model: paddle.nn.Layer) -> int:
 
 
 class PretrainedMixin:
-    """`save_pretrained(dir)` / `load_weights(file)` for a Layer that holds its dataclass `config`."""
+    """`save_pretrained(dir)` / `load_weights(file)` for a Layer that holds its dataclass `config`.
+
+    Files are always unsharded: under tensor parallelism the shards are merged on save (rank 0 of
+    the tensor-parallel group writes) and each rank takes its shard on load.
+    """
 
     def save_pretrained(self, directory: Union[str, Path]) -> Path:
         directory = Path(directory)
-        self.config.save_pretrained(directory)
-        paddle.save(self.state_dict(), str(directory / WEIGHTS_NAME))
+        state = self.state_dict()
+        if self.config.tensor_parallel_degree > 1:
+            state = gather_unsharded_state_dict(state)
+            if model_parallel_rank() != 0:
+                return directory
+        dataclasses.replace(self.config, tensor_parallel_degree=1).save_pretrained(directory)
+        paddle.save(state, str(directory / WEIGHTS_NAME))
         return directory
 
     def load_weights(self, weights_file: Union[str, Path]) -> None:
-        """Load a `.pdparams` file strictly: every key present, none extra, every shape right."""
-        load_state_dict_strict(self, paddle.load(str(weights_file)), source=str(weights_file))
+        """Load an unsharded `.pdparams` file strictly: every key present, none extra, every shape right."""
+        state = paddle.load(str(weights_file))
+        degree = self.config.tensor_parallel_degree
+        if degree > 1:
+            state = split_state_dict({k: v.numpy() for k, v in state.items()}, degree, model_parallel_rank())
+        load_state_dict_strict(self, state, source=str(weights_file))
 
 
 __all__ = ["CONFIG_NAME", "PretrainedMixin", "WEIGHTS_NAME", "parameter_count"]

@@ -7,6 +7,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..configuration import CLIPConfig
+from ..layers.parallel import ensure_tensor_parallel_available
 from ..loss import ClipLoss
 from ..modeling_utils import PretrainedMixin
 from .towers import TextTransformer, VisionTransformer
@@ -24,9 +25,11 @@ class CLIP(PretrainedMixin, nn.Layer):
 
     def __init__(self, config: CLIPConfig):
         super().__init__()
+        ensure_tensor_parallel_available(config.tensor_parallel_degree)
         self.config = config
-        self.visual = VisionTransformer(config.vision_cfg, config.embed_dim, config.quick_gelu)
-        self.text = TextTransformer(config.text_cfg, config.embed_dim, config.quick_gelu)
+        degree = config.tensor_parallel_degree
+        self.visual = VisionTransformer(config.vision_cfg, config.embed_dim, config.quick_gelu, degree)
+        self.text = TextTransformer(config.text_cfg, config.embed_dim, config.quick_gelu, degree)
         self.logit_scale = self.create_parameter(
             [], default_initializer=nn.initializer.Constant(config.init_logit_scale)
         )

@@ -10,6 +10,7 @@ import paddle.nn.functional as F
 
 from ..configuration import TextConfig, VisionConfig
 from ..layers import BlockOptions, Transformer, rope_rotations, rope_sin_cos
+from ..layers.parallel import vocab_embedding
 
 Normal = nn.initializer.Normal
 
@@ -46,7 +47,7 @@ def drop_patches(tokens: paddle.Tensor, drop_fraction: float) -> Tuple[paddle.Te
     return paddle.take_along_axis(tokens, kept_tokens.unsqueeze(-1), axis=1, broadcast=True), kept_tokens
 
 
-def vision_block_options(cfg: VisionConfig, quick_gelu: bool) -> BlockOptions:
+def vision_block_options(cfg: VisionConfig, quick_gelu: bool, tensor_parallel_degree: int) -> BlockOptions:
     return BlockOptions(
         mlp_ratio=cfg.mlp_ratio,
         ls_init_value=cfg.ls_init_value,
@@ -57,6 +58,7 @@ def vision_block_options(cfg: VisionConfig, quick_gelu: bool) -> BlockOptions:
         postnorm=cfg.postnorm,
         norm_eps=cfg.norm_eps,
         xattn=cfg.xattn,
+        tensor_parallel_degree=tensor_parallel_degree,
     )
 
 
@@ -67,7 +69,7 @@ class VisionTransformer(nn.Layer):
     SwiGLU, sub-LN, q/v biases, post-norm, patch bias, projection bias).
     """
 
-    def __init__(self, cfg: VisionConfig, output_dim: int, quick_gelu: bool = False):
+    def __init__(self, cfg: VisionConfig, output_dim: int, quick_gelu: bool = False, tensor_parallel_degree: int = 1):
         super().__init__()
         if cfg.pool_type not in ("tok", "avg"):
             raise ValueError(f"vision_cfg.pool_type must be 'tok' or 'avg', got {cfg.pool_type!r}")
@@ -92,7 +94,7 @@ class VisionTransformer(nn.Layer):
             self.rope = None
         self.ln_pre = nn.Identity() if cfg.no_ln_pre else nn.LayerNorm(width, epsilon=cfg.norm_eps)
         self.transformer = Transformer(
-            width, cfg.layers, cfg.heads, vision_block_options(cfg, quick_gelu), cfg.drop_path_rate
+            width, cfg.layers, cfg.heads, vision_block_options(cfg, quick_gelu, tensor_parallel_degree), cfg.drop_path_rate
         )
         self.ln_post = nn.LayerNorm(width, epsilon=cfg.norm_eps)
         self.proj = self.create_parameter([width, output_dim], default_initializer=Normal(std=scale))
@@ -126,7 +128,7 @@ class VisionTransformer(nn.Layer):
 class TextTransformer(nn.Layer):
     """Token + positional embedding, causal pre-LN blocks, ln_final, EOT pooling, projection."""
 
-    def __init__(self, cfg: TextConfig, output_dim: int, quick_gelu: bool = False):
+    def __init__(self, cfg: TextConfig, output_dim: int, quick_gelu: bool = False, tensor_parallel_degree: int = 1):
         super().__init__()
         if cfg.pool_type not in ("argmax", "first", "last"):
             raise ValueError(f"text_cfg.pool_type must be 'argmax', 'first' or 'last', got {cfg.pool_type!r}")
@@ -135,11 +137,13 @@ class TextTransformer(nn.Layer):
         self.pool_type = cfg.pool_type
         width = cfg.width
 
-        self.token_embedding = nn.Embedding(cfg.vocab_size, width)
+        self.token_embedding = vocab_embedding(cfg.vocab_size, width, tensor_parallel_degree)
         self.positional_embedding = self.create_parameter(
             [cfg.context_length, width], default_initializer=Normal(std=0.01)
         )
-        options = BlockOptions(cfg.mlp_ratio, cfg.ls_init_value, quick_gelu, xattn=cfg.xattn)
+        options = BlockOptions(
+            cfg.mlp_ratio, cfg.ls_init_value, quick_gelu, xattn=cfg.xattn, tensor_parallel_degree=tensor_parallel_degree
+        )
         self.transformer = Transformer(width, cfg.layers, cfg.heads, options)
         self.ln_final = nn.LayerNorm(width, epsilon=1e-5)
         if cfg.proj_bias:

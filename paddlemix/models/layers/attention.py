@@ -7,6 +7,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .linear import Linear, linear
+from .parallel import column_linear, norm_layer, row_linear
 from .rope import apply_rope
 
 ATTN_BIAS_CHOICES = ("qkv", "qv", "none")
@@ -41,6 +42,8 @@ class Attention(nn.Layer):
 
     attn_bias: 'qkv' (a bias on each of q, k, v: CLIP), 'qv' (separate `q_bias` and `v_bias`, the
     key has none: EVA), or 'none'. subln: LayerNorm `inner_attn_ln` before `out_proj` (EVA-02).
+    With tensor parallelism each rank computes heads / degree heads: `qkv` is column-parallel and
+    `out_proj` row-parallel.
     """
 
     def __init__(
@@ -51,36 +54,42 @@ class Attention(nn.Layer):
         subln: bool = False,
         norm_eps: float = 1e-5,
         xattn: bool = False,
+        tensor_parallel_degree: int = 1,
     ):
         super().__init__()
         if width % heads:
             raise ValueError(f"attention width {width} is not divisible by its {heads} heads")
         if attn_bias not in ATTN_BIAS_CHOICES:
             raise ValueError(f"attn_bias must be one of {ATTN_BIAS_CHOICES}, got {attn_bias!r}")
-        self.heads = heads
+        self.local_heads = heads // tensor_parallel_degree
+        self.local_width = width // tensor_parallel_degree
         self.xattn = xattn
-        self.qkv = Linear(width, 3 * width, bias_attr=None if attn_bias == "qkv" else False)
+        self.qkv = column_linear(width, 3 * width, attn_bias == "qkv", tensor_parallel_degree)
         if attn_bias == "qv":
             zeros = nn.initializer.Constant(0.0)
-            self.q_bias = self.create_parameter([width], default_initializer=zeros)
-            self.v_bias = self.create_parameter([width], default_initializer=zeros)
+            self.q_bias = self.create_parameter([self.local_width], default_initializer=zeros)
+            self.v_bias = self.create_parameter([self.local_width], default_initializer=zeros)
         else:
             self.q_bias = self.v_bias = None
-        self.inner_attn_ln = nn.LayerNorm(width, epsilon=norm_eps) if subln else nn.Identity()
-        self.out_proj = Linear(width, width)
+        self.inner_attn_ln = norm_layer(width, norm_eps, tensor_parallel_degree) if subln else nn.Identity()
+        self.out_proj = row_linear(width, width, tensor_parallel_degree)
 
     def forward(
         self, x: paddle.Tensor, attn_mask: Optional[paddle.Tensor] = None, rope: Optional[paddle.Tensor] = None
     ) -> paddle.Tensor:
         """x: [batch, tokens, width] -> same. rope: per-token rotation matrices (see layers.rope)."""
-        batch, tokens, width = x.shape
+        batch, tokens = x.shape[:2]
         if self.q_bias is not None:
             bias = paddle.concat([self.q_bias, paddle.zeros_like(self.q_bias), self.v_bias])
-            qkv = linear(x, self.qkv.weight, bias)
+            if isinstance(self.qkv, Linear):  # bias inside the GEMM; a parallel layer must run its own forward
+                qkv = linear(x, self.qkv.weight, bias)
+            else:
+                qkv = self.qkv(x) + bias
         else:
             qkv = self.qkv(x)
-        query, key, value = qkv.reshape([batch, tokens, 3, self.heads, width // self.heads]).unbind(2)
+        head_width = self.local_width // self.local_heads
+        query, key, value = qkv.reshape([batch, tokens, 3, self.local_heads, head_width]).unbind(2)
         if rope is not None:  # one einsum each: on CPU, 2 x 2.3 ms where q and k together take 12 ms
             query, key = apply_rope(query, rope), apply_rope(key, rope)
         out = scaled_dot_product_attention(query, key, value, attn_mask, fused=self.xattn)
-        return self.out_proj(self.inner_attn_ln(out.reshape([batch, tokens, width])))
+        return self.out_proj(self.inner_attn_ln(out.reshape([batch, tokens, self.local_width])))

@@ -4,7 +4,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .linear import Linear
+from .parallel import column_linear, norm_layer, row_linear
 
 
 class QuickGELU(nn.Layer):
@@ -20,28 +20,41 @@ def activation_layer(quick_gelu: bool) -> nn.Layer:
 
 
 class Mlp(nn.Layer):
-    """c_fc -> activation -> [ffn_ln] -> c_proj (names as in open_clip; ffn_ln is EVA's sub-LN)."""
+    """c_fc -> activation -> [ffn_ln] -> c_proj (names as in open_clip; ffn_ln is EVA's sub-LN).
 
-    def __init__(self, width: int, hidden: int, quick_gelu: bool = False, subln: bool = False, norm_eps: float = 1e-5):
+    With tensor parallelism c_fc is column- and c_proj row-parallel.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        hidden: int,
+        quick_gelu: bool = False,
+        subln: bool = False,
+        norm_eps: float = 1e-5,
+        tensor_parallel_degree: int = 1,
+    ):
         super().__init__()
-        self.c_fc = Linear(width, hidden)
+        self.c_fc = column_linear(width, hidden, True, tensor_parallel_degree)
         self.act = activation_layer(quick_gelu)
-        self.ffn_ln = nn.LayerNorm(hidden, epsilon=norm_eps) if subln else nn.Identity()
-        self.c_proj = Linear(hidden, width)
+        self.ffn_ln = norm_layer(hidden, norm_eps, tensor_parallel_degree) if subln else nn.Identity()
+        self.c_proj = row_linear(hidden, width, tensor_parallel_degree)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.c_proj(self.ffn_ln(self.act(self.c_fc(x))))
 
 
 class SwiGLU(nn.Layer):
-    """w3([ffn_ln](silu(w1 x) * w2 x)) (Shazeer 2020), named as in EVA-CLIP."""
+    """w3([ffn_ln](silu(w1 x) * w2 x)) (Shazeer 2020), named as in EVA-CLIP; w1, w2 column-, w3 row-parallel."""
 
-    def __init__(self, width: int, hidden: int, subln: bool = False, norm_eps: float = 1e-5):
+    def __init__(
+        self, width: int, hidden: int, subln: bool = False, norm_eps: float = 1e-5, tensor_parallel_degree: int = 1
+    ):
         super().__init__()
-        self.w1 = Linear(width, hidden)
-        self.w2 = Linear(width, hidden)
-        self.ffn_ln = nn.LayerNorm(hidden, epsilon=norm_eps) if subln else nn.Identity()
-        self.w3 = Linear(hidden, width)
+        self.w1 = column_linear(width, hidden, True, tensor_parallel_degree)
+        self.w2 = column_linear(width, hidden, True, tensor_parallel_degree)
+        self.ffn_ln = norm_layer(hidden, norm_eps, tensor_parallel_degree) if subln else nn.Identity()
+        self.w3 = row_linear(hidden, width, tensor_parallel_degree)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.w3(self.ffn_ln(F.silu(self.w1(x)) * self.w2(x)))

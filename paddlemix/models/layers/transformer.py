@@ -27,6 +27,7 @@ class BlockOptions:
     postnorm: bool = False  # x + ln(f(x)) instead of x + f(ln(x))
     norm_eps: float = 1e-5
     xattn: bool = False
+    tensor_parallel_degree: int = 1  # see layers.parallel
 
 
 class LayerScale(nn.Layer):
@@ -49,13 +50,18 @@ class ResidualAttentionBlock(nn.Layer):
         super().__init__()
         self.postnorm = options.postnorm
         self.ln_1 = nn.LayerNorm(width, epsilon=options.norm_eps)
-        self.attn = Attention(width, heads, options.attn_bias, options.subln, options.norm_eps, options.xattn)
+        degree = options.tensor_parallel_degree
+        self.attn = Attention(width, heads, options.attn_bias, options.subln, options.norm_eps, options.xattn, degree)
         self.ln_2 = nn.LayerNorm(width, epsilon=options.norm_eps)
         hidden = int(width * options.mlp_ratio)
+        if hidden % degree or heads % degree:
+            raise ValueError(
+                f"tensor_parallel_degree {degree} must divide the {heads} attention heads and the {hidden} MLP units"
+            )
         if options.swiglu:
-            self.mlp = SwiGLU(width, hidden, options.subln, options.norm_eps)
+            self.mlp = SwiGLU(width, hidden, options.subln, options.norm_eps, degree)
         else:
-            self.mlp = Mlp(width, hidden, options.quick_gelu, options.subln, options.norm_eps)
+            self.mlp = Mlp(width, hidden, options.quick_gelu, options.subln, options.norm_eps, degree)
         with_scale = options.ls_init_value is not None
         self.ls_1 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
         self.ls_2 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
