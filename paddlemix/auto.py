@@ -68,10 +68,12 @@ class AutoModel:
                     f"{weights} does not exist: a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
                     "(written by save_pretrained or `python -m paddlemix.tools.convert`)"
                 )
+            foreign_source = None
         else:
             weights = cached_weights_file(str(name_or_dir))
+            foreign_source = "paddlemix"  # the community files are in PaddleMIX's own layout
         model = AutoModel.from_config(config)
-        model.load_weights(weights)
+        model.load_weights(weights, foreign_source)
         model.eval()
         return model
 

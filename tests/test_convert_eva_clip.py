@@ -10,6 +10,7 @@ import paddle
 import pytest
 
 from paddlemix import AutoModel
+from paddlemix.models import CLIPConfig
 from paddlemix.models.layers import rope_sin_cos
 from paddlemix.models.clip.towers import resample_positional_embedding
 from paddlemix.tools.convert import convert, main
@@ -96,3 +97,51 @@ def test_converting_into_a_larger_image_size_resamples_the_position_embedding(tm
     original = np.load(FIXTURES / "tiny_eva02.eva_clip.npz")["visual.pos_embed"][0]
     np.testing.assert_allclose(state["visual.positional_embedding"].numpy(),
                                resample_positional_embedding(original, 1 + 8 * 8), rtol=0, atol=1e-6)
+
+
+def paddlemix_layout(eva_clip_state: dict) -> dict:
+    """The EVA-CLIP-layout fixture re-expressed in PaddleMIX's EVA-CLIP layout (paddlemix/models/clip
+    in PaddleMIX): Paddle [in, out] Linear weights, q/k/v as separate projections in both towers
+    (vision q/v biases as q_proj.bias / v_proj.bias), logit_scale of shape [1]."""
+    out = {}
+    for key, value in eva_clip_state.items():
+        if key.endswith((".in_proj_weight", ".in_proj_bias", ".attn.qkv.weight")):
+            block = key[: key.rindex(".attn.")] + ".attn"
+            kind = "bias" if key.endswith("bias") else "weight"
+            for name, part in zip("qkv", np.split(value, 3, axis=0)):
+                out[f"{block}.{name}_proj.{kind}"] = part.T if kind == "weight" else part
+        elif key.endswith((".attn.q_bias", ".attn.v_bias")):
+            out[key.replace("_bias", "_proj.bias")] = value
+        elif key.endswith(".weight") and value.ndim == 2 and key != "text.token_embedding.weight":
+            out[key] = value.T
+        else:
+            out[key] = value.reshape([1]) if key == "logit_scale" else value
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_paddlemix_layout_converts_to_the_same_weights(name, tmp_path):
+    eva_clip_state = dict(np.load(FIXTURES / f"{name}.eva_clip.npz"))
+    checkpoint = tmp_path / f"{name}.paddlemix.npz"
+    np.savez(checkpoint, **paddlemix_layout(eva_clip_state))
+    output = tmp_path / f"{name}-paddlemix"
+    convert("paddlemix", str(write_config(tmp_path, name)), checkpoint, output)
+    expected = paddle.load(str(converted(tmp_path, name, "eva_clip") / "model_state.pdparams"))
+    got = paddle.load(str(output / "model_state.pdparams"))
+    assert got.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy(), err_msg=key)
+
+
+def test_from_pretrained_converts_a_downloaded_paddlemix_layout_file(tmp_path, monkeypatch):
+    """Registry weights come from PaddleMIX's community files, in PaddleMIX's layout."""
+    eva_clip_state = dict(np.load(FIXTURES / "tiny_eva02.eva_clip.npz"))
+    community = tmp_path / "community.pdparams"
+    paddle.save({k: paddle.to_tensor(v) for k, v in paddlemix_layout(eva_clip_state).items()}, str(community))
+    config = CLIPConfig.from_dict(json.loads(write_config(tmp_path, "tiny_eva02").read_text()))
+    monkeypatch.setattr("paddlemix.auto.AutoConfig.from_pretrained", lambda name: config)
+    monkeypatch.setattr("paddlemix.auto.cached_weights_file", lambda name: community)
+    model = AutoModel.from_pretrained("paddlemix/EVA/tiny-for-test")
+    reference = np.load(FIXTURES / "tiny_eva02.io.npz")
+    features = model.encode_image(paddle.to_tensor(reference["image"])).numpy()
+    np.testing.assert_allclose(features, reference["image_features"], rtol=0, atol=TOLERANCE)

@@ -2,14 +2,16 @@
 
 import dataclasses
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import paddle
 
+from .checkpoint_formats import convert_state
 from .configuration import CONFIG_NAME
 from .hub import WEIGHTS_NAME
 from .layers.parallel import gather_unsharded_state_dict, model_parallel_rank, split_state_dict
 from .state_dict import load_state_dict_strict
+from ..utils.log import logger
 
 
 def parameter_count(model: paddle.nn.Layer) -> int:
@@ -41,9 +43,16 @@ class PretrainedMixin:
         paddle.save(state, str(directory / WEIGHTS_NAME))
         return directory
 
-    def load_weights(self, weights_file: Union[str, Path]) -> None:
-        """Load an unsharded `.pdparams` file strictly: every key present, none extra, every shape right."""
+    def load_weights(self, weights_file: Union[str, Path], foreign_source: Optional[str] = None) -> None:
+        """Load an unsharded `.pdparams` file strictly: every key present, none extra, every shape right.
+
+        `foreign_source` (a checkpoint_formats source such as 'paddlemix'): a file whose keys are not
+        this model's is converted from that layout first (PaddleMIX's published EVA-CLIP weights).
+        """
         state = paddle.load(str(weights_file))
+        if foreign_source is not None and set(state) != set(self.state_dict()):
+            logger.info("%s is not in paddlemix's layout: converting it from %s's", weights_file, foreign_source)
+            state = convert_state(foreign_source, {k: v.numpy() for k, v in state.items()})
         degree = self.config.tensor_parallel_degree
         if degree > 1:
             state = split_state_dict({k: v.numpy() for k, v in state.items()}, degree, model_parallel_rank())

@@ -29,7 +29,7 @@ from ..models.configuration import CLIPConfig
 from ..models.modeling_utils import parameter_count
 from ..models.state_dict import StateDictMismatchError, check_state_dict
 from ..utils.log import logger
-from .checkpoint_formats import SOURCES, convert_state
+from ..models.checkpoint_formats import SOURCES, convert_state
 
 POSITIONAL_EMBEDDING = "visual.positional_embedding"
 

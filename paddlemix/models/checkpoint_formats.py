@@ -1,10 +1,11 @@
 """Foreign checkpoint layouts -> paddlemix state dicts (numpy arrays, paddlemix names and layout).
 
 Each source renames keys to paddlemix's names (keeping torch's [out, in] Linear layout); one
-shared step then moves Linear weights to Paddle's [in, out] layout. EVA vision towers have two
-spellings: the EVA-CLIP repository's (`visual.blocks.N.mlp.w1`, `attn.inner_attn_ln`, ...) and
-timm's inside open_clip (`visual.trunk.blocks.N.mlp.fc1_g`, `attn.norm`, ...); timm's is first
-renamed to EVA-CLIP's, so one table maps EVA towers to paddlemix.
+shared step then moves Linear weights to Paddle's [in, out] layout. EVA vision towers have three
+spellings: the EVA-CLIP repository's (`visual.blocks.N.mlp.w1`, `attn.inner_attn_ln`, ...),
+timm's inside open_clip (`visual.trunk.blocks.N.mlp.fc1_g`, `attn.norm`, ...) and PaddleMIX's
+(EVA-CLIP's names in Paddle's layout, q/k/v as separate projections); the other two are first
+brought to EVA-CLIP's, so one table maps EVA towers to paddlemix.
 """
 
 import re
@@ -132,7 +133,38 @@ def torch_to_paddle_layout(state: State) -> State:
     return out
 
 
-SOURCES: Dict[str, Callable[[State], State]] = {"open_clip": rename_open_clip, "eva_clip": rename_eva_clip}
+def _is_paddle_linear(key: str, value: np.ndarray) -> bool:
+    return (key.endswith(".weight") and value.ndim == 2 and key not in NOT_LINEAR) or key.endswith(".in_proj_weight")
+
+
+def rename_paddlemix(state: State) -> State:
+    """PaddleMIX's EVA-CLIP `model_state.pdparams`: EVA-CLIP names, Paddle [in, out] Linear weights,
+    q/k/v as separate projections (`q_proj.bias`/`v_proj.bias` are EVA's q_bias/v_bias; the text
+    tower's q/k/v/out_proj are open_clip's packed in_proj + out_proj)."""
+    state = _strip_wrappers(state)
+    torch_layout = {k: (v.T if _is_paddle_linear(k, v) else v) for k, v in state.items()}
+    out = {}
+    for key, value in torch_layout.items():
+        text_qkv = re.fullmatch(r"(text\..*resblocks\.\d+\.attn)\.([qkv])_proj\.(weight|bias)", key)
+        if text_qkv:
+            block, projection, kind = text_qkv.groups()
+            parts = [torch_layout.get(f"{block}.{n}_proj.{kind}") for n in "qkv"]
+            if any(part is None for part in parts):  # incomplete: left for the key check to report
+                out[key] = value
+            elif projection == "q":
+                out[f"{block}.in_proj_{kind}"] = np.concatenate(parts, axis=0)
+            continue
+        if key.startswith("visual."):
+            key = _rename(key, [(r"\.attn\.q_proj\.bias$", ".attn.q_bias"), (r"\.attn\.v_proj\.bias$", ".attn.v_bias")])
+        out[key] = value
+    return rename_eva_clip(out)
+
+
+SOURCES: Dict[str, Callable[[State], State]] = {
+    "open_clip": rename_open_clip,
+    "eva_clip": rename_eva_clip,
+    "paddlemix": rename_paddlemix,
+}
 
 
 def convert_state(source: str, state: State) -> State:
