@@ -26,18 +26,9 @@ import numpy as np
 import paddle
 
 from paddlemix import AutoConfig, AutoModel
+from paddlemix.models.registry import open_clip_name
 
 REFERENCE_BENCH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openclip_bench.py"
-# paddlemix registry name -> open_clip's name for the same architecture, where they differ
-OPEN_CLIP_NAMES = {
-    "paddlemix/EVA/EVA01-CLIP-g-14": "EVA01-g-14",
-    "paddlemix/EVA/EVA01-CLIP-g-14-plus": "EVA01-g-14-plus",
-    "paddlemix/EVA/EVA02-CLIP-B-16": "EVA02-B-16",
-    "paddlemix/EVA/EVA02-CLIP-L-14": "EVA02-L-14",
-    "paddlemix/EVA/EVA02-CLIP-L-14-336": "EVA02-L-14-336",
-    "paddlemix/EVA/EVA02-CLIP-bigE-14": "EVA02-E-14",
-    "paddlemix/EVA/EVA02-CLIP-bigE-14-plus": "EVA02-E-14-plus",
-}
 
 
 def median_rate(step, batch: int, steps: int, warmup: int) -> float:
@@ -84,7 +75,7 @@ def bench_paddlemix(args) -> dict:
 
 
 def bench_open_clip(args) -> dict:
-    name = OPEN_CLIP_NAMES.get(args.model, args.model.split("/")[-1])
+    name = open_clip_name(args.model)
     command = [args.peer, str(REFERENCE_BENCH), "--model", name, "--skip-text-infer", "--threads", str(args.threads),
                "--infer-batch", str(args.infer_batch), "--infer-steps", str(args.steps + args.warmup),
                "--infer-warmup", str(args.warmup), "--batch-size", str(args.train_batch),

@@ -6,6 +6,16 @@ from typing import List
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 NAME_PREFIX = "paddlemix/"
+# Registry names whose architecture open_clip knows under another name (the CLIP names are the same).
+OPEN_CLIP_EQUIVALENTS = {
+    "paddlemix/EVA/EVA01-CLIP-g-14": "EVA01-g-14",
+    "paddlemix/EVA/EVA01-CLIP-g-14-plus": "EVA01-g-14-plus",
+    "paddlemix/EVA/EVA02-CLIP-B-16": "EVA02-B-16",
+    "paddlemix/EVA/EVA02-CLIP-L-14": "EVA02-L-14",
+    "paddlemix/EVA/EVA02-CLIP-L-14-336": "EVA02-L-14-336",
+    "paddlemix/EVA/EVA02-CLIP-bigE-14": "EVA02-E-14",
+    "paddlemix/EVA/EVA02-CLIP-bigE-14-plus": "EVA02-E-14-plus",
+}
 
 
 class UnknownModelError(ValueError):
@@ -17,6 +27,11 @@ def list_models() -> List[str]:
     return sorted(
         f"{NAME_PREFIX}{path.parent.name}/{path.stem}" for path in MODEL_CONFIG_DIR.glob("*/*.json")
     )
+
+
+def open_clip_name(name: str) -> str:
+    """open_clip's model name for the architecture of registry name `name`."""
+    return OPEN_CLIP_EQUIVALENTS.get(name, name.split("/")[-1])
 
 
 def config_file(name: str) -> Path:
