@@ -1,0 +1,1 @@
+"""Image-caption datasets, the collator and the loader shared by every family's trainer."""
