@@ -85,10 +85,10 @@ def test_cached_labels_follow_batch_size_changes():
         )
 
 
-def test_local_loss_labels_are_offset_by_rank():
+def test_local_loss_labels_are_offset_by_the_rows_of_lower_ranks():
     loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, rank=1, world_size=2)
 
-    np.testing.assert_array_equal(loss_fn.get_ground_truth(paddle.CPUPlace(), 3).numpy(), [3, 4, 5])
+    np.testing.assert_array_equal(loss_fn.get_ground_truth(paddle.CPUPlace(), 3, offset=5).numpy(), [5, 6, 7])
 
 
 def test_local_loss_without_gather_with_grad_is_refused_naming_both_flags():

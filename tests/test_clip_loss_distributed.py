@@ -64,9 +64,10 @@ def rank_outputs(tmp_path_factory):
             f"launch exited with {result.returncode}\n{result.stdout}\n{result.stderr}\n"
             f"{_worker_logs(log_dir)}"
         )
+    cases = [(name, split) for name in worker.VALID_CASES for split in worker.SPLITS]
     return {
-        case: [dict(np.load(out_dir / f"{case}.rank{rank}.npz")) for rank in range(WORLD_SIZE)]
-        for case in [*worker.VALID_CASES, worker.NAIVE_CASE]
+        case: [dict(np.load(out_dir / f"{case[0]}.{case[1]}.rank{rank}.npz")) for rank in range(WORLD_SIZE)]
+        for case in [*cases, (worker.NAIVE_CASE, "even")]
     }
 
 
@@ -80,10 +81,12 @@ def single_process_reference():
     return float(loss), worker.gradients(model)
 
 
+@pytest.mark.parametrize("split", list(worker.SPLITS))
 @pytest.mark.parametrize("case", list(worker.VALID_CASES))
-def test_two_rank_gradients_equal_single_process_gradients(case, rank_outputs, single_process_reference):
+def test_two_rank_gradients_equal_single_process_gradients(case, split, rank_outputs, single_process_reference):
+    """Also when the ranks hold different numbers of rows (split 'uneven': 5 and 3)."""
     reference_loss, reference_grads = single_process_reference
-    ranks = rank_outputs[case]
+    ranks = rank_outputs[(case, split)]
 
     # With local_loss each rank reports its share; the shares average to the global loss.
     mean_loss = np.mean([float(rank["loss"]) for rank in ranks])
@@ -91,7 +94,7 @@ def test_two_rank_gradients_equal_single_process_gradients(case, rank_outputs, s
     for name, expected in reference_grads.items():
         for rank, outputs in enumerate(ranks):
             np.testing.assert_allclose(
-                outputs[name], expected, rtol=1e-9, atol=1e-12, err_msg=f"{case} rank {rank} {name}"
+                outputs[name], expected, rtol=1e-9, atol=1e-12, err_msg=f"{case} {split} rank {rank} {name}"
             )
 
 
@@ -99,7 +102,7 @@ def test_open_clip_gather_without_grad_shrinks_tower_gradients(rank_outputs, sin
     """Proof that the comparison above can fail: open_clip's plain all_gather without the
     world_size factor leaves every tower gradient at 1/world_size after averaging."""
     _, reference_grads = single_process_reference
-    naive_grads = rank_outputs[worker.NAIVE_CASE][0]
+    naive_grads = rank_outputs[(worker.NAIVE_CASE, "even")][0]
 
     for name, expected in reference_grads.items():
         if name == "logit_scale":

@@ -8,7 +8,7 @@ is recognised in one place and reported under one name. A helper returns the dec
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Union
+from typing import Callable, Dict, Union
 
 from PIL import Image, UnidentifiedImageError
 
@@ -87,3 +87,14 @@ def clean_caption(caption: object, where: str) -> Union[str, BadSample]:
 
 class AllSamplesBadError(RuntimeError):
     """A dataset (or a reader's whole shard) held no usable sample: stop instead of spinning."""
+
+
+def image_file_sample(path: str, caption: object, transform: Callable) -> Union[Dict, BadSample]:
+    """{"image": transform(image), "caption": str} for an image file and its caption, or why not."""
+    caption = clean_caption(caption, f"{path} caption")
+    if isinstance(caption, BadSample):
+        return caption
+    image = load_image_file(path)
+    if isinstance(image, BadSample):
+        return image
+    return {"image": transform(image), "caption": caption}

@@ -9,6 +9,7 @@ import paddle.nn.functional as F
 from paddlemix.utils.distributed import (
     all_gather_local_grad,
     all_gather_with_grad,
+    gather_row_counts,
     get_rank,
     get_world_size,
 )
@@ -52,14 +53,13 @@ class ClipLoss(nn.Layer):
         self.cache_labels = cache_labels
         self._labels = {}
 
-    def get_ground_truth(self, place, num_logits: int) -> paddle.Tensor:
-        """Int64 [num_logits] targets: row i matches column i (+ rank offset with local_loss)."""
-        key = (str(place), num_logits, self.rank)
+    def get_ground_truth(self, place, num_logits: int, offset: int = 0) -> paddle.Tensor:
+        """Int64 [num_logits] targets: row i matches column offset + i (with local_loss, offset is
+        the number of rows on lower ranks)."""
+        key = (str(place), num_logits, offset)
         if key in self._labels:
             return self._labels[key]
-        labels = paddle.arange(num_logits, dtype="int64")
-        if self.world_size > 1 and self.local_loss:
-            labels = labels + num_logits * self.rank
+        labels = paddle.arange(offset, offset + num_logits, dtype="int64")
         if self.cache_labels:
             self._labels[key] = labels
         return labels
@@ -104,13 +104,21 @@ class ClipLoss(nn.Layer):
 
         Returns:
             Scalar loss, the mean of image->text and text->image cross-entropy. With
-            local_loss=True it is this rank's share; the mean over ranks is the global loss.
+            local_loss=True it is this rank's share, weighted by its share of the rows when
+            ranks hold different numbers (a batch that lost bad samples), so that the mean over
+            ranks is the global loss.
         """
         logits_per_image, logits_per_text = self.get_logits(
             image_features, text_features, logit_scale, logit_bias
         )
-        labels = self.get_ground_truth(image_features.place, logits_per_image.shape[0])
+        rows, offset, weight = logits_per_image.shape[0], 0, 1.0
+        if self.world_size > 1 and self.local_loss:
+            counts = gather_row_counts(rows)
+            offset, weight = sum(counts[: self.rank]), rows * self.world_size / sum(counts)
+        labels = self.get_ground_truth(image_features.place, rows, offset)
         total_loss = (
             F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)
         ) / 2
+        if weight != 1.0:
+            total_loss = total_loss * weight
         return {"contrastive_loss": total_loss} if output_dict else total_loss

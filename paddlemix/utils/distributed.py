@@ -1,8 +1,11 @@
 """Rank queries and differentiable feature gathers for contrastive losses.
 
-Both gathers concatenate every rank's `x` along dim 0 (all ranks must pass the same
-shape); they differ only in how the gradient of the gathered tensor reaches `x`.
+Both gathers concatenate every rank's `x` along dim 0 (ranks may hold different numbers of
+rows: a batch that lost bad samples is smaller); they differ only in how the gradient of the
+gathered tensor reaches `x`.
 """
+
+from typing import List
 
 import paddle
 import paddle.distributed as dist
@@ -22,22 +25,33 @@ def get_world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def _gather_concat(x: paddle.Tensor) -> paddle.Tensor:
-    parts = []
+def gather_row_counts(rows: int) -> List[int]:
+    """Every rank's number of rows, in rank order."""
+    counts: List[paddle.Tensor] = []
+    dist.all_gather(counts, paddle.to_tensor([rows], dtype="int64"))
+    return [int(count) for count in counts]
+
+
+def _gather_concat(ctx, x: paddle.Tensor) -> paddle.Tensor:
+    """All ranks' rows of x, concatenated; pads to the largest rank for the collective."""
+    ctx.counts = counts = gather_row_counts(x.shape[0])
+    longest = max(counts)
+    if x.shape[0] < longest:
+        x = paddle.concat([x, paddle.zeros([longest - x.shape[0], *x.shape[1:]], dtype=x.dtype)])
+    parts: List[paddle.Tensor] = []
     dist.all_gather(parts, x)
-    return paddle.concat(parts, axis=0)
+    return paddle.concat([part[:count] for part, count in zip(parts, counts)], axis=0)
 
 
-def _own_slice(grad: paddle.Tensor) -> paddle.Tensor:
-    rows = grad.shape[0] // get_world_size()
-    start = get_rank() * rows
-    return grad[start:start + rows]
+def _own_slice(ctx, grad: paddle.Tensor) -> paddle.Tensor:
+    start = sum(ctx.counts[: get_rank()])
+    return grad[start:start + ctx.counts[get_rank()]]
 
 
 class _AllGatherWithGrad(paddle.autograd.PyLayer):
     @staticmethod
     def forward(ctx, x):
-        return _gather_concat(x)
+        return _gather_concat(ctx, x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -46,13 +60,13 @@ class _AllGatherWithGrad(paddle.autograd.PyLayer):
         # rather than a buffer autograd may still hold.
         grad = grad.clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return _own_slice(grad)
+        return _own_slice(ctx, grad)
 
 
 class _AllGatherLocalGrad(paddle.autograd.PyLayer):
     @staticmethod
     def forward(ctx, x):
-        return _gather_concat(x)
+        return _gather_concat(ctx, x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -62,7 +76,7 @@ class _AllGatherLocalGrad(paddle.autograd.PyLayer):
         # Multiplying by world_size keeps the tower gradients exact after DataParallel
         # averages over the ranks; open_clip's gather without grad omits this factor and
         # trains the towers with gradients world_size times too small.
-        return _own_slice(grad) * get_world_size()
+        return _own_slice(ctx, grad) * get_world_size()
 
 
 def all_gather_with_grad(x: paddle.Tensor) -> paddle.Tensor:

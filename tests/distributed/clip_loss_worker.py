@@ -42,6 +42,8 @@ VALID_CASES = {
     "local_gather_with_grad": (True, True),
 }
 NAIVE_CASE = "open_clip_gather_without_grad"
+# rows of the global batch each rank takes: equal, and unequal as when a rank's batch lost bad samples
+SPLITS = {"even": (4, 4), "uneven": (5, 3)}
 
 
 def build_model() -> CLIP:
@@ -87,13 +89,13 @@ def naive_open_clip_loss(image_features, text_features, scale):
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def run_case(name: str, out_dir: str) -> None:
-    rank, world_size = dist.get_rank(), dist.get_world_size()
+def run_case(name: str, split: str, out_dir: str) -> None:
+    rank = dist.get_rank()
     model = build_model()
     parallel_model = paddle.DataParallel(model)
     images, texts = global_batch()
-    rows = GLOBAL_BATCH // world_size
-    own = slice(rank * rows, (rank + 1) * rows)
+    rows = SPLITS[split]
+    own = slice(sum(rows[:rank]), sum(rows[: rank + 1]))
 
     image_features, text_features, scale = encode(parallel_model, images[own], texts[own])
     if name == NAIVE_CASE:
@@ -105,7 +107,7 @@ def run_case(name: str, out_dir: str) -> None:
         )
     loss.backward()
     np.savez(
-        os.path.join(out_dir, f"{name}.rank{rank}.npz"),
+        os.path.join(out_dir, f"{name}.{split}.rank{rank}.npz"),
         loss=loss.numpy(),
         **gradients(model),
     )
@@ -114,9 +116,9 @@ def run_case(name: str, out_dir: str) -> None:
 def main(out_dir: str) -> None:
     logging.basicConfig(level=logging.INFO)
     dist.init_parallel_env()
-    for name in [*VALID_CASES, NAIVE_CASE]:
-        run_case(name, out_dir)
-        logger.info("rank %d wrote %s", dist.get_rank(), name)
+    for name, split in [*((n, s) for n in VALID_CASES for s in SPLITS), (NAIVE_CASE, "even")]:
+        run_case(name, split, out_dir)
+        logger.info("rank %d wrote %s (%s)", dist.get_rank(), name, split)
 
 
 if __name__ == "__main__":

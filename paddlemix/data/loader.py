@@ -1,0 +1,183 @@
+"""Batches for training: the collator, a resumable distributed sampler, and the loader that
+reports skipped samples.
+
+Map-style datasets return a BadSample in place of a broken sample; streaming datasets skip it and
+count it in the next sample's `skipped`. Either way the collator drops it from the batch and
+passes the counts along, and the loader (in the main process, whatever the number of workers)
+adds them up and logs them.
+"""
+
+from collections import Counter
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import paddle
+
+from ..processors.tokenizer import tokenize
+from ..utils.distributed import get_rank, get_world_size
+from ..utils.log import logger
+from .samples import REASONS, AllSamplesBadError, BadSample
+
+
+class ImageTextCollator:
+    """samples -> {"image": float32 [B, 3, H, W], "input_ids": int64 [B, context_length], "skipped": {reason: n}}."""
+
+    def __init__(self, context_length: int = 77):
+        self.context_length = context_length
+
+    def __call__(self, samples: List) -> Dict:
+        skipped: Counter = Counter()
+        good = []
+        for sample in samples:
+            if isinstance(sample, BadSample):
+                skipped[sample.reason] += 1
+            else:
+                skipped.update(sample.get("skipped", {}))
+                good.append(sample)
+        if good:
+            images = np.stack([sample["image"] for sample in good])
+            input_ids = tokenize([sample["caption"] for sample in good], context_length=self.context_length)
+        else:
+            images = np.zeros((0, 3, 1, 1), dtype=np.float32)
+            input_ids = np.zeros((0, self.context_length), dtype=np.int64)
+        # counts as an int64 array in REASON order: numbers survive the worker -> main transfer
+        return {"image": images, "input_ids": input_ids, "skipped": _counts_to_array(skipped)}
+
+
+def _counts_to_array(counts: Counter) -> np.ndarray:
+    return np.array([counts.get(reason, 0) for reason in REASONS], dtype=np.int64)
+
+
+class BadSampleReport:
+    """Counts of skipped samples by reason; one summary line every `log_every` batches and per epoch."""
+
+    def __init__(self, name: str = "train", log_every: int = 100):
+        self.name = name
+        self.log_every = log_every
+        self.epoch_good = 0
+        self.epoch_bad: Counter = Counter()
+        self.interval_bad: Counter = Counter()
+        self.batches = 0
+
+    def update(self, good: int, skipped: Dict[str, int]) -> None:
+        self.epoch_good += good
+        self.epoch_bad.update({k: v for k, v in skipped.items() if v})
+        self.interval_bad.update({k: v for k, v in skipped.items() if v})
+        self.batches += 1
+        if self.batches % self.log_every == 0 and self.interval_bad:
+            logger.warning("%s: skipped %s in the last %d batches", self.name, _describe(self.interval_bad), self.log_every)
+            self.interval_bad.clear()
+
+    def end_epoch(self) -> None:
+        """Log the epoch's summary; an epoch without a single usable sample is an error."""
+        if self.epoch_bad:
+            logger.warning("%s epoch: %d samples used, skipped %s", self.name, self.epoch_good, _describe(self.epoch_bad))
+        if self.epoch_good == 0 and self.epoch_bad:
+            raise AllSamplesBadError(f"{self.name}: every sample of the epoch was bad ({_describe(self.epoch_bad)})")
+        self.epoch_good, self.epoch_bad, self.interval_bad = 0, Counter(), Counter()
+
+
+def _describe(counts: Counter) -> str:
+    return ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items()))
+
+
+class ResumableDistributedBatchSampler(paddle.io.BatchSampler):
+    """Batches of indices of this rank's disjoint slice of a per-epoch shuffle.
+
+    Epoch e's order is a permutation drawn from (seed, e); rank r takes every world-th index from
+    position r. So that every rank runs the same number of steps, the last len % world indices of
+    the permutation (a different few each epoch) wait for a later epoch. `skip_batches` resumes
+    mid-epoch: the first batches of the epoch are not drawn again.
+    """
+
+    def __init__(self, dataset_size: int, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, rank: Optional[int] = None, world_size: Optional[int] = None):
+        self.dataset_size = dataset_size
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = get_rank() if rank is None else rank
+        self.world_size = get_world_size() if world_size is None else world_size
+        if dataset_size < self.world_size:
+            raise ValueError(f"{dataset_size} samples cannot be split over {self.world_size} ranks")
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def rank_indices(self) -> np.ndarray:
+        order = np.arange(self.dataset_size)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.dataset_size)
+        usable = self.dataset_size - self.dataset_size % self.world_size
+        return order[:usable][self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        per_rank = self.dataset_size // self.world_size
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        indices = self.rank_indices()
+        for start in range(self.skip_batches * self.batch_size, len(indices), self.batch_size):
+            batch = indices[start : start + self.batch_size]
+            if len(batch) < self.batch_size and self.drop_last:
+                return
+            yield batch.tolist()
+
+
+class ImageTextLoader:
+    """Iterates model-ready batches {"image", "input_ids"} (paddle tensors) and keeps the bad-sample report.
+
+    For map-style datasets `state_dict()` records the epoch and the batches *consumed* by the
+    training loop (not the ones workers prefetched), so `load_state_dict` resumes exactly after
+    the last batch the model saw.
+    """
+
+    def __init__(self, dataset, batch_size: int, context_length: int = 77, num_workers: int = 0, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False, log_every: int = 100, name: str = "train"):
+        self.dataset = dataset
+        self.collator = ImageTextCollator(context_length)
+        self.report = BadSampleReport(name, log_every)
+        self.streaming = isinstance(dataset, paddle.io.IterableDataset)
+        if self.streaming:
+            self.batch_sampler = None
+            self.loader = paddle.io.DataLoader(dataset, batch_size=batch_size, collate_fn=self.collator,
+                                               num_workers=num_workers, drop_last=drop_last)
+        else:
+            self.batch_sampler = ResumableDistributedBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last)
+            self.loader = paddle.io.DataLoader(dataset, batch_sampler=self.batch_sampler, collate_fn=self.collator,
+                                               num_workers=num_workers)
+        self.consumed_batches = 0
+
+    def __len__(self) -> int:
+        if self.streaming:
+            raise TypeError("a streaming dataset has no length: set --max_steps")
+        return len(self.batch_sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.batch_sampler is not None and epoch != self.batch_sampler.epoch:
+            self.batch_sampler.set_epoch(epoch)
+            self.batch_sampler.skip_batches = self.consumed_batches = 0
+
+    def state_dict(self) -> Dict[str, int]:
+        epoch = self.batch_sampler.epoch if self.batch_sampler is not None else 0
+        return {"epoch": epoch, "consumed_batches": self.consumed_batches}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        if self.batch_sampler is None:
+            raise ValueError("a streaming dataset cannot resume mid-epoch by position")
+        self.batch_sampler.set_epoch(state["epoch"])
+        self.batch_sampler.skip_batches = self.consumed_batches = state["consumed_batches"]
+
+    def __iter__(self) -> Iterator[Dict[str, paddle.Tensor]]:
+        for batch in self.loader:
+            skipped = np.asarray(batch.pop("skipped")).reshape(-1)
+            self.report.update(int(batch["image"].shape[0]), dict(zip(REASONS, skipped.tolist())))
+            self.consumed_batches += 1
+            if batch["image"].shape[0]:
+                yield batch
+        if self.batch_sampler is not None:  # a finished epoch: the next one starts from its beginning
+            self.report.end_epoch()
+            self.set_epoch(self.batch_sampler.epoch + 1)
