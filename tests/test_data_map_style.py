@@ -186,3 +186,19 @@ def test_bad_sample_reason_names_are_checked():
     with pytest.raises(ValueError, match="unknown bad-sample reason"):
         BadSample("gremlins", "x")
     assert "corrupt_tar_member" in REASONS
+
+
+def test_task_name_picks_the_dataset_format(shapes, tmp_path):
+    from paddlemix.data.datasets import build_dataset
+    from paddlemix.data.laion import LaionDataset
+    from paddlemix.data.webdataset_shards import TarShardDataset
+
+    assert len(build_dataset("coco_clip", TRANSFORM, data_dir=str(shapes))) == 2 * len(classes())
+    custom = build_dataset(str(shapes / "annotations" / "coco_karpathy_val.json"), TRANSFORM)
+    assert custom.image_root == shapes / "images" and custom[0]["image"].shape == (3, 32, 32)
+    (tmp_path / "parts.filelist").write_text("part-0.txt\n")
+    (tmp_path / "part-0.txt").write_text("")
+    assert isinstance(build_dataset(str(tmp_path / "parts.filelist"), TRANSFORM), LaionDataset)
+    assert isinstance(build_dataset(str(tmp_path / "s-{000..003}.tar"), TRANSFORM), TarShardDataset)
+    with pytest.raises(ValueError, match="(?s)coco_clip.*FILE.json"):
+        build_dataset("coco_captions", TRANSFORM)

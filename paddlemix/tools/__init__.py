@@ -1,1 +1,1 @@
-"""Command-line tools: `python -m paddlemix.tools.convert`."""
+"""Command-line tools: `python -m paddlemix.tools.convert` (checkpoints), `python -m paddlemix.tools.pack` (tar shards)."""

@@ -75,7 +75,7 @@ def gradients(model: nn.Layer) -> dict:
 def naive_open_clip_loss(image_features, text_features, scale):
     """open_clip's local_loss=False, gather_with_grad=False path: a plain all_gather with this
     rank's rows put back so they carry gradient, and no world_size factor."""
-    rank, world_size = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
 
     def gather(x):
         parts = []
