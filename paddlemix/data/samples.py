@@ -38,7 +38,11 @@ class BadSample:
 
 
 def decode_image(data: bytes, where: str) -> Union[Image.Image, BadSample]:
-    """Decoded RGB image from encoded bytes (JPEG, PNG, WebP, ...), or why it cannot be used."""
+    """Decoded image from encoded bytes (JPEG, PNG, WebP, ...), or why it cannot be used.
+
+    The image keeps its own mode: the transforms convert to RGB after resizing, as open_clip does
+    (PIL resizes RGBA premultiplied, so converting first would change the pixels).
+    """
     if not data:
         return BadSample("empty_file", where)
     try:
@@ -53,11 +57,11 @@ def decode_image(data: bytes, where: str) -> Union[Image.Image, BadSample]:
         return BadSample(reason, where)
     if min(image.size) < MIN_IMAGE_SIDE:
         return BadSample("tiny_image", where)
-    return image.convert("RGB")
+    return image
 
 
 def load_image_file(path: str) -> Union[Image.Image, BadSample]:
-    """Decoded RGB image from a file path, or why it cannot be used."""
+    """Decoded image from a file path (see decode_image), or why it cannot be used."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()

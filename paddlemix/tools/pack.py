@@ -202,7 +202,7 @@ def _members(record: SourceRecord, max_side: Optional[int], quality: int) -> Uni
         scale = max_side / max(image.size)
         size = tuple(max(1, round(side * scale)) for side in image.size)
         encoded = io.BytesIO()
-        image.resize(size, Image.Resampling.LANCZOS).save(encoded, format="JPEG", quality=quality)
+        image.convert("RGB").resize(size, Image.Resampling.LANCZOS).save(encoded, format="JPEG", quality=quality)
         extension, data = "jpg", encoded.getvalue()
     elif extension not in IMAGE_EXTENSIONS:  # e.g. BMP, GIF, TIFF: the shard reader would not find them
         encoded = io.BytesIO()
