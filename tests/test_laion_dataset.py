@@ -10,7 +10,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import paddle
 import pytest
 from PIL import Image
@@ -19,6 +18,8 @@ from paddlemix.data import sharding
 from paddlemix.data.laion import LaionDataset
 from paddlemix.data.samples import AllSamplesBadError
 from paddlemix.processors import image_transform
+
+from streaming_helpers import read_epochs
 
 TRANSFORM = image_transform(8, is_train=False)
 
@@ -54,14 +55,6 @@ def write_dataset(tmp_path, parts, gzipped=(), header=b"") -> str:
     return str(filelist)
 
 
-def read_epochs(dataset):
-    """(captions in order, summed skipped counts) of a finite dataset read in this process."""
-    captions, skipped = [], Counter()
-    for sample in dataset:
-        assert sample["image"].dtype == np.float32 and sample["image"].shape == (3, 8, 8)
-        captions.append(sample["caption"])
-        skipped.update(sample["skipped"])
-    return captions, skipped
 
 
 def test_reads_plain_and_gzipped_parts_named_in_the_filelist(tmp_path):

@@ -8,7 +8,6 @@ import json
 import tarfile
 from collections import Counter
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -16,6 +15,8 @@ from paddlemix.data import sharding
 from paddlemix.data.samples import AllSamplesBadError
 from paddlemix.data.webdataset_shards import TarShardDataset
 from paddlemix.processors import image_transform
+
+from streaming_helpers import read_epochs
 
 TRANSFORM = image_transform(8, is_train=False)
 
@@ -47,14 +48,6 @@ def write_shard(path, samples) -> bytes:
     return write_tar(path, [(f"{key}.{ext}", data) for key, members in samples for ext, data in members.items()])
 
 
-def read_epochs(dataset):
-    """(captions in order, summed skipped counts) of a finite dataset read in this process."""
-    captions, skipped = [], Counter()
-    for sample in dataset:
-        assert sample["image"].dtype == np.float32 and sample["image"].shape == (3, 8, 8)
-        captions.append(sample["caption"])
-        skipped.update(sample["skipped"])
-    return captions, skipped
 
 
 def captions_of(prefix: str, count: int):

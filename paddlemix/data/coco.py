@@ -7,14 +7,12 @@ val/test records may hold a list of captions (5 per image in COCO) for retrieval
 
 import json
 import tarfile
-import urllib.error
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
 import paddle
 
-from ..models.hub import download_file, ppmix_home
-from ..utils.log import logger
+from ..models.hub import download_or_explain, ppmix_home
 from .samples import BadSample, image_file_sample
 
 # PaddleMIX's packaging of COCO 2014 images with the Karpathy-split annotations (unpacks to coco/).
@@ -40,15 +38,12 @@ def coco_root(data_dir: Optional[str] = None) -> Path:
     if (root / "annotations").is_dir():
         return root
     archive = root.parent / "coco.tar.gz"
-    logger.info("COCO not found in %s: downloading %s", root, COCO_URL)
-    try:
-        download_file(COCO_URL, archive)
-    except (urllib.error.URLError, OSError) as error:
-        raise FileNotFoundError(
-            f"COCO (Karpathy split) is not in {root} and the download from {COCO_URL} failed ({error}). "
-            f"Put annotations/coco_karpathy_{{train,val,test}}.json and images/ (train2014/, val2014/) in {root}, "
-            f"or pass --data_dir DIR with that layout."
-        ) from error
+    download_or_explain(
+        COCO_URL,
+        archive,
+        f"COCO (Karpathy split) is not in {root}. Put annotations/coco_karpathy_{{train,val,test}}.json and "
+        f"images/ (train2014/, val2014/) in {root}, or pass --data_dir DIR with that layout",
+    )
     with tarfile.open(archive) as tar:
         tar.extractall(root.parent, filter="data")
     archive.unlink()

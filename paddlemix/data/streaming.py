@@ -5,6 +5,7 @@ fewer files than readers, the samples within them) are split disjointly and comp
 shuffled from (seed, epoch), decoded, and bad samples counted by reason.
 """
 
+import abc
 import itertools
 import random
 from collections import Counter
@@ -62,7 +63,7 @@ def _describe(counts: Dict[str, int]) -> str:
     return ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items()))
 
 
-class StreamingDataset(paddle.io.IterableDataset):
+class StreamingDataset(paddle.io.IterableDataset, abc.ABC):
     """Endless stream of {"image": float32 [3, H, W], "caption": str, "skipped": {reason: count}}.
 
     `skipped` counts the bad samples this reader skipped since the sample it last yielded; the
@@ -89,9 +90,9 @@ class StreamingDataset(paddle.io.IterableDataset):
         self.num_samples = num_samples
         self.epochs = epochs  # None: endless, as step-driven training wants; a number stops (tests, evaluation)
 
+    @abc.abstractmethod
     def read(self, path: str, keep: Callable[[int], bool]) -> Iterator[Union[Record, BadSample]]:
         """The samples of file `path` whose position p (0-based, over all its samples, good or bad) has keep(p)."""
-        raise NotImplementedError
 
     def _plan(self, epoch: int, index: int, count: int) -> List[Tuple[str, Callable[[int], bool]]]:
         order = list(range(len(self.files)))

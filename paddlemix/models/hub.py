@@ -37,6 +37,16 @@ def download_file(url: str, destination: Path) -> None:
     os.replace(partial.name, destination)
 
 
+def download_or_explain(url: str, target: Path, explanation: str, error_type=FileNotFoundError) -> None:
+    """Download `url` to `target`; offline or failing, raise `error_type` with `explanation` (where to
+    put the files instead) and the reason."""
+    logger.info("downloading %s to %s", url, target)
+    try:
+        download_file(url, target)
+    except (urllib.error.URLError, OSError) as err:
+        raise error_type(f"{explanation} (the download from {url} failed: {err})") from err
+
+
 class ModelFilesNotFoundError(FileNotFoundError):
     """Neither the cache nor the download provided a model's weights."""
 
@@ -46,15 +56,13 @@ def cached_weights_file(name: str) -> Path:
     target = model_cache_dir(name) / WEIGHTS_NAME
     if target.is_file():
         return target
-    url = f"{COMMUNITY_URL}/{name}/{WEIGHTS_NAME}"
-    logger.info("downloading %s to %s", url, target)
-    try:
-        download_file(url, target)
-    except (urllib.error.URLError, OSError) as err:
-        raise ModelFilesNotFoundError(
-            f"cannot get the weights of '{name}': {target} does not exist and the download from {url} failed "
-            f"({err}). Put {WEIGHTS_NAME} in {target.parent} (or set $PPMIX_HOME), pass a local model directory "
-            f"instead, or convert an open_clip checkpoint: python -m paddlemix.tools.convert --source open_clip "
-            f"--model {name} --checkpoint FILE --output {target.parent}"
-        ) from err
+    download_or_explain(
+        f"{COMMUNITY_URL}/{name}/{WEIGHTS_NAME}",
+        target,
+        f"cannot get the weights of '{name}': {target} does not exist. Put {WEIGHTS_NAME} in {target.parent} "
+        f"(or set $PPMIX_HOME), pass a local model directory instead, or convert an open_clip checkpoint: "
+        f"python -m paddlemix.tools.convert --source open_clip --model {name} --checkpoint FILE "
+        f"--output {target.parent}",
+        ModelFilesNotFoundError,
+    )
     return target
