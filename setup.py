@@ -25,6 +25,7 @@ setup(
             "models/model_configs/*/*.json",
             "processors/*.txt.gz",
             "processors/LICENSE*",
+            "evaluation/*.txt",
         ]
     },
     install_requires=read_requirements(),

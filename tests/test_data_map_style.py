@@ -120,16 +120,17 @@ def test_csv_dataset_reads_open_clip_style_columns_and_names_wrong_keys(tmp_path
 def test_sampler_slices_are_disjoint_and_cover_the_epoch(world_size):
     size = 50
     slices = [
-        [i for batch in ResumableDistributedBatchSampler(size, 4, seed=3, rank=r, world_size=world_size) for i in batch]
+        [i for batch in ResumableDistributedBatchSampler(size, 4, seed=3, rank=r, world_size=world_size)
+         for i, _ in batch]
         for r in range(world_size)
     ]
     flat = [i for s in slices for i in s]
     assert len(flat) == len(set(flat)) == size - size % world_size
     assert len({len(s) for s in slices}) == 1  # every rank runs the same number of steps
     again = ResumableDistributedBatchSampler(size, 4, seed=3, rank=0, world_size=world_size)
-    assert [i for b in again for i in b] == slices[0]  # deterministic
+    assert [i for b in again for i, _ in b] == slices[0]  # deterministic
     again.set_epoch(1)
-    assert [i for b in again for i in b] != slices[0]  # reshuffled per epoch
+    assert [i for b in again for i, _ in b] != slices[0]  # reshuffled per epoch
 
 
 def batch_ids(loader, count=None):

@@ -7,8 +7,9 @@ passes the counts along, and the loader (in the main process, whatever the numbe
 adds them up and logs them.
 """
 
+import random
 from collections import Counter
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -82,12 +83,13 @@ def _describe(counts: Counter) -> str:
 
 
 class ResumableDistributedBatchSampler(paddle.io.BatchSampler):
-    """Batches of indices of this rank's disjoint slice of a per-epoch shuffle.
+    """Batches of (index, sample seed) of this rank's disjoint slice of a per-epoch shuffle.
 
     Epoch e's order is a permutation drawn from (seed, e); rank r takes every world-th index from
     position r. So that every rank runs the same number of steps, the last len % world indices of
     the permutation (a different few each epoch) wait for a later epoch. `skip_batches` resumes
-    mid-epoch: the first batches of the epoch are not drawn again.
+    mid-epoch: the first batches of the epoch are not drawn again. Each sample's seed, from
+    (seed, epoch, index) alone, drives its random augmentation (see SeededSamples).
     """
 
     def __init__(self, dataset_size: int, batch_size: int, shuffle: bool = True, seed: int = 0,
@@ -118,13 +120,41 @@ class ResumableDistributedBatchSampler(paddle.io.BatchSampler):
         per_rank = self.dataset_size // self.world_size
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
-    def __iter__(self) -> Iterator[List[int]]:
+    def sample_seed(self, index: int) -> int:
+        return int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
         indices = self.rank_indices()
         for start in range(self.skip_batches * self.batch_size, len(indices), self.batch_size):
             batch = indices[start : start + self.batch_size]
             if len(batch) < self.batch_size and self.drop_last:
                 return
-            yield batch.tolist()
+            yield [(int(index), self.sample_seed(index)) for index in batch]
+
+
+class SeededSamples(paddle.io.Dataset):
+    """`dataset[(index, seed)]`: the sample with its random augmentation drawn from `seed` alone.
+
+    The augmentation then does not depend on which process loads the sample or when (workers
+    prefetch ahead of training), so a resumed run and any number of workers see the same crops.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        index, seed = key
+        transform = getattr(self.dataset, "transform", None)
+        if not hasattr(transform, "rng"):
+            return self.dataset[index]
+        previous, transform.rng = transform.rng, random.Random(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            transform.rng = previous
 
 
 class ImageTextLoader:
@@ -147,8 +177,8 @@ class ImageTextLoader:
                                                num_workers=num_workers, drop_last=drop_last)
         else:
             self.batch_sampler = ResumableDistributedBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last)
-            self.loader = paddle.io.DataLoader(dataset, batch_sampler=self.batch_sampler, collate_fn=self.collator,
-                                               num_workers=num_workers)
+            self.loader = paddle.io.DataLoader(SeededSamples(dataset), batch_sampler=self.batch_sampler,
+                                               collate_fn=self.collator, num_workers=num_workers)
         self.consumed_batches = 0
 
     def __len__(self) -> int:

@@ -1,0 +1,10 @@
+"""CLIP pretraining and fine-tuning: the shared trainer (paddlemix.trainer.run) with paddlemix/CLIP/ViT-B-32 by default.
+
+    python -m paddle.distributed.launch --nproc_per_node 8 paddlemix/examples/clip/run_pretrain_dist.py \\
+        --model paddlemix/CLIP/ViT-B-32 --task_name coco_clip --output_dir ./output --do_train ...
+"""
+
+from paddlemix.trainer.run import run_pretrain
+
+if __name__ == "__main__":
+    run_pretrain(default_model="paddlemix/CLIP/ViT-B-32")

@@ -1,0 +1,1 @@
+"""Training: the shared trainer, its arguments, and optimizer/schedule construction."""

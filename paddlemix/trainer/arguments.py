@@ -1,0 +1,91 @@
+"""Command-line arguments of the shared trainer: PdArgumentParser dataclasses (model / data / training).
+
+PaddleNLP's TrainingArguments already carry most of PaddleMIX's flags (learning_rate, warmup_steps,
+weight_decay, adam_*, max_grad_norm, sharding, tensor_parallel_degree, bf16/fp16, recompute,
+save_steps, ...); `CLIPTrainingArguments` adds the CLIP-specific ones.
+"""
+
+import difflib
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from paddlenlp.trainer import PdArgumentParser, TrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(
+        default="paddlemix/CLIP/ViT-B-32",
+        metadata={"help": "registry name (paddlemix/EVA/EVA02-CLIP-B-16), model directory, or config JSON"},
+    )
+    pretrained: Optional[str] = field(
+        default=None, metadata={"help": "initial weights: a model directory or registry name (random init if unset)"}
+    )
+    pretrained_text_model: Optional[str] = field(
+        default=None,
+        metadata={"help": "take the text tower's weights from this model directory or registry name"},
+    )
+    context_length: Optional[int] = field(default=None, metadata={"help": "text tokens (default: the model's)"})
+    lock_image: bool = field(default=False, metadata={"help": "freeze the image tower (LiT)"})
+    lock_text: bool = field(default=False, metadata={"help": "freeze the text tower"})
+    coca_caption_loss_weight: float = field(default=2.0, metadata={"help": "CoCa: weight of the captioning loss"})
+    coca_contrastive_loss_weight: float = field(default=1.0, metadata={"help": "CoCa: weight of the contrastive loss"})
+
+
+@dataclass
+class DataArguments:
+    task_name: str = field(
+        default="coco_clip",
+        metadata={"help": "coco_clip, a coco_karpathy .json, a .csv/.tsv, 'shards-{000..009}.tar' or a LAION .filelist"},
+    )
+    data_dir: Optional[str] = field(default=None, metadata={"help": "dataset root (coco_clip) or image root (.json)"})
+    csv_img_key: str = field(default="filepath", metadata={"help": "CSV column of image paths"})
+    csv_caption_key: str = field(default="title", metadata={"help": "CSV column of captions"})
+    csv_separator: str = field(default="\t", metadata={"help": "CSV field separator"})
+    classification_eval: Optional[str] = field(
+        default=None, metadata={"help": "ImageFolder-style directory for zero-shot classification every --eval_steps"}
+    )
+
+
+@dataclass
+class CLIPTrainingArguments(TrainingArguments):
+    optimizer: str = field(default="adamw", metadata={"help": "lamb or adamw"})
+    min_lr: float = field(default=0.0, metadata={"help": "learning rate at the end of the cosine decay"})
+    visual_lr: Optional[float] = field(default=None, metadata={"help": "image tower lr (default --learning_rate)"})
+    text_lr: Optional[float] = field(default=None, metadata={"help": "text tower lr (default --learning_rate)"})
+    visual_wd: Optional[float] = field(default=None, metadata={"help": "image tower weight decay (default --weight_decay)"})
+    text_wd: Optional[float] = field(default=None, metadata={"help": "text tower weight decay (default --weight_decay)"})
+    layer_decay: float = field(default=1.0, metadata={"help": "layer-wise lr decay of both towers"})
+    visual_ld: Optional[float] = field(default=None, metadata={"help": "image tower layer decay (default --layer_decay)"})
+    text_ld: Optional[float] = field(default=None, metadata={"help": "text tower layer decay (default --layer_decay)"})
+    local_loss: bool = field(default=False, metadata={"help": "each rank computes only its rows of the logits"})
+    gather_with_grad: bool = field(default=False, metadata={"help": "all-reduce the gradients of gathered features"})
+    max_nonfinite_steps: int = field(
+        default=10, metadata={"help": "stop after this many NaN/inf losses in a row (each one skips its update)"}
+    )
+
+    def __post_init__(self):
+        # PaddleNLP resets `sharding` and `tensor_parallel_degree` in a single process; keep what
+        # was asked for, so that a request this machine cannot serve is refused rather than dropped.
+        self.requested_sharding = str(self.sharding or "")
+        self.requested_tensor_parallel_degree = self.tensor_parallel_degree
+        super().__post_init__()
+
+
+PARSER_CLASSES = (ModelArguments, DataArguments, CLIPTrainingArguments)
+
+
+def parse_arguments(argv: Optional[Sequence[str]] = None) -> Tuple[ModelArguments, DataArguments, CLIPTrainingArguments]:
+    """Parse the trainer's flags; an unknown flag fails naming the closest valid ones."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = PdArgumentParser(PARSER_CLASSES)
+    known = [option for action in parser._actions for option in action.option_strings]
+    unknown = [token.split("=")[0] for token in argv if token.startswith("--") and token.split("=")[0] not in known]
+    if unknown:
+        lines: List[str] = []
+        for flag in unknown:
+            close = difflib.get_close_matches(flag, known, n=3, cutoff=0.6)
+            lines.append(f"{flag}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        parser.error("unknown flag(s): " + "; ".join(lines))
+    return parser.parse_args_into_dataclasses(args=argv)

@@ -1,0 +1,290 @@
+"""Optimizer parameter groups (per-tower lr/wd, layer-wise lr decay), the warm-up + cosine
+schedule, and gradient clipping by one global norm, for Paddle's AdamW and Lamb.
+
+Paddle semantics this module relies on (paddle 3.x, read from optimizer/{optimizer,adamw,lamb}.py
+and the phi adamw/lamb kernels):
+- A group's `learning_rate` is a multiplier: the kernel's lr is the scheduled lr times it.
+- AdamW reads a group's `weight_decay` and decays decoupled, p *= 1 - lr * multiplier * wd,
+  before the Adam update (the same as torch.optim.AdamW with the group's lr).
+- Lamb reads `lamb_weight_decay`. A `weight_decay` key in a Lamb group is turned by the base
+  Optimizer into an L2Decay regulariser stored on the parameter, which adds wd * p to the
+  gradient: a different algorithm, silently. With lamb_weight_decay == 0 (and the default
+  always_adapt=False) Lamb skips the trust ratio, as apex's FusedLAMB does without use_nvlamb.
+- With parameter groups the optimizer calls grad_clip once per group, so
+  ClipGradByGlobalNorm clips each group by its own norm; GlobalNormClip fixes that.
+"""
+
+import math
+import re
+from typing import Dict, Iterable, List, Optional, Tuple, Union
+
+import paddle
+import paddle.distributed as dist
+from paddle.nn.clip import ClipGradBase
+from paddle.optimizer.lr import LRScheduler
+
+from ..models.layers.parallel import split_kind
+
+TOWERS = ("visual", "text")
+OPTIMIZERS = ("adamw", "lamb")
+# Tower-relative prefixes of the stem: patch/token embedding, class/position embedding, pre-LN.
+_EMBEDDING_PREFIXES = ("conv1.", "class_embedding", "positional_embedding", "ln_pre.", "token_embedding.")
+_BLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.")
+_NORM_PART = re.compile(r"^(ln_.*|.*_ln|.*norm.*)$")
+_NO_DECAY_LEAVES = {"logit_scale", "positional_embedding", "class_embedding", "gamma", "bias"}
+# torch.nn.utils.clip_grad_norm_'s guard against a zero norm.
+_CLIP_EPS = 1e-6
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """Depth of a tower-relative parameter name: 0 for the stem, i + 1 for block i and
+    num_layers + 1 for everything after the blocks (final norm, projection)."""
+    if name.startswith(_EMBEDDING_PREFIXES):
+        return 0
+    block = _BLOCK.match(name)
+    if block:
+        return int(block.group(1)) + 1
+    return num_layers + 1
+
+
+def no_weight_decay(name: str, param: paddle.Tensor) -> bool:
+    """Whether `param` is exempt from weight decay: vectors and scalars (biases, norm weights,
+    layer-scale gamma, class embedding, logit_scale), any *_bias or norm parameter, and the
+    position embedding. Token embeddings and projection matrices do decay."""
+    parts = name.split(".")
+    return (
+        len(param.shape) <= 1
+        or parts[-1] in _NO_DECAY_LEAVES
+        or parts[-1].endswith("_bias")
+        or any(_NORM_PART.match(part) for part in parts[:-1])
+    )
+
+
+def _tower_depth(model: paddle.nn.Layer, tower: str) -> int:
+    return len(getattr(model, tower).transformer.resblocks)
+
+
+def parameter_groups(
+    model: paddle.nn.Layer,
+    learning_rate: float,
+    weight_decay: float,
+    visual_lr: Optional[float] = None,
+    text_lr: Optional[float] = None,
+    visual_wd: Optional[float] = None,
+    text_wd: Optional[float] = None,
+    layer_decay: float = 1.0,
+    visual_ld: Optional[float] = None,
+    text_ld: Optional[float] = None,
+) -> List[dict]:
+    """Trainable parameters grouped by (tower, layer id, decays?), EVA-CLIP style.
+
+    A parameter of tower T at layer id i (see layer_id) gets lr = T_lr * T_ld ** (L_T + 1 - i),
+    L_T being T's number of blocks; T_lr, T_wd, T_ld fall back to learning_rate, weight_decay,
+    layer_decay. Parameters outside both towers (logit_scale) get learning_rate. Each group is
+    {"params", "param_names", "learning_rate": lr / learning_rate (Paddle's multiplier),
+    "weight_decay": T_wd or 0.0, "name": e.g. "visual.layer3.decay"}.
+    """
+    if learning_rate <= 0:
+        raise ValueError(f"learning_rate must be > 0 (group lrs are multipliers of it), got {learning_rate}")
+    # DataParallel / fleet wrappers prefix every name with "_layers."; group the inner model.
+    model = getattr(model, "_layers", model)
+    settings = {
+        "visual": (visual_lr, visual_wd, visual_ld),
+        "text": (text_lr, text_wd, text_ld),
+    }
+    groups: Dict[str, dict] = {}
+    for name, param in model.named_parameters():
+        if param.stop_gradient:
+            continue
+        tower, _, rest = name.partition(".")
+        decays = not no_weight_decay(name, param)
+        if tower in TOWERS:
+            lr, wd, ld = settings[tower]
+            lr = learning_rate if lr is None else lr
+            wd = weight_decay if wd is None else wd
+            ld = layer_decay if ld is None else ld
+            depth = _tower_depth(model, tower)
+            layer = layer_id(rest, depth)
+            lr *= ld ** (depth + 1 - layer)
+            key = f"{tower}.layer{layer}"
+        else:
+            lr, wd, key = learning_rate, weight_decay, "other"
+        key += ".decay" if decays else ".no_decay"
+        group = groups.setdefault(key, {
+            "params": [], "param_names": [], "learning_rate": lr / learning_rate,
+            "weight_decay": wd if decays else 0.0, "name": key,
+        })
+        group["params"].append(param)
+        group["param_names"].append(name)
+    if not groups:
+        raise ValueError("the model has no trainable parameter (every parameter has stop_gradient=True)")
+    return list(groups.values())
+
+
+def parameter_settings(groups: Iterable[dict]) -> Dict[str, Tuple[float, float]]:
+    """{parameter name: (lr multiplier, weight decay)} of groups from parameter_groups."""
+    return {
+        name: (group["learning_rate"], group.get("lamb_weight_decay", group.get("weight_decay")))
+        for group in groups
+        for name in group["param_names"]
+    }
+
+
+def group_learning_rates(optimizer: paddle.optimizer.Optimizer, current_lr: float) -> Dict[str, float]:
+    """{"lr/<tower>.layer<i>": effective lr} for logging; decay and no-decay groups of a layer
+    share their lr, so they share one entry."""
+    return {
+        "lr/" + group["name"].rsplit(".", 1)[0]: current_lr * group["learning_rate"]
+        for group in optimizer._param_groups
+    }
+
+
+class WarmupCosine(LRScheduler):
+    """open_clip's cosine_lr with a floor: base * (step + 1) / warmup for step < warmup, then
+    min_lr + (base - min_lr) * (1 + cos(pi * (step - warmup) / (total - warmup))) / 2, and
+    min_lr from total_steps on. `step` is the number of scheduler.step() calls made so far."""
+
+    def __init__(self, learning_rate: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0):
+        if warmup_steps < 0 or total_steps <= warmup_steps:
+            raise ValueError(
+                f"need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, total_steps={total_steps}"
+            )
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.min_lr = min_lr
+        super().__init__(learning_rate)
+
+    def get_lr(self) -> float:
+        step = self.last_epoch
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        progress = (min(step, self.total_steps) - self.warmup_steps) / (self.total_steps - self.warmup_steps)
+        return self.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (self.base_lr - self.min_lr)
+
+
+def cosine_schedule(learning_rate: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> WarmupCosine:
+    """Linear warm-up then cosine decay to min_lr at total_steps; see WarmupCosine."""
+    return WarmupCosine(learning_rate, warmup_steps, total_steps, min_lr)
+
+
+class GlobalNormClip(ClipGradBase):
+    """Scale every gradient by min(1, max_norm / (global_norm + 1e-6)), global_norm being the L2
+    norm over the gradients of all `named_parameters` (torch's clip_grad_norm_ over the model).
+
+    Paddle calls grad_clip once per parameter group. The first call of a step computes the norm
+    over all parameters' gradients (the optimizer hands clipped copies to the update and leaves
+    param.grad untouched, so later calls would see the same gradients) and every group of that
+    step reuses its scale. A call holding a parameter already clipped in the current step, or
+    one that was not counted, starts a new step. The last norm is kept in `last_global_norm`.
+
+    named_parameters: (unsharded name, parameter) pairs. With a model_parallel_group the squared
+    norms of tensor-parallel shards (split_kind(name) is not None) are summed over that group and
+    replicated parameters counted once, so every rank clips by the same norm: Paddle's hybrid
+    optimizer only makes ClipGradByGlobalNorm parallel-aware, and it knows nothing of our split
+    LayerNorm and q/v biases.
+    """
+
+    def __init__(self, max_norm: float, named_parameters: Iterable[Tuple[str, paddle.Tensor]],
+                 model_parallel_group=None):
+        super().__init__()
+        if max_norm <= 0:
+            raise ValueError(f"max_norm must be > 0, got {max_norm}")
+        self.max_norm = float(max_norm)
+        self._named_parameters = list(named_parameters)
+        self._group = model_parallel_group
+        self._pending: set = set()
+        self._scale: Optional[paddle.Tensor] = None
+        self.last_global_norm: Optional[paddle.Tensor] = None
+
+    def __str__(self) -> str:
+        return f"GlobalNormClip(max_norm={self.max_norm})"
+
+    def _start_step(self) -> None:
+        counted = [(name, p) for name, p in self._named_parameters if not p.stop_gradient and p.grad is not None]
+        sharded, replicated = paddle.zeros([], "float32"), paddle.zeros([], "float32")
+        for name, p in counted:
+            square = paddle.sum(paddle.square(p.grad.astype("float32")))
+            if self._group is not None and split_kind(name) is not None:
+                sharded = sharded + square
+            else:
+                replicated = replicated + square
+        if self._group is not None:
+            # Each rank holds a different slice of a sharded tensor; replicated ones are alike.
+            dist.all_reduce(sharded, group=self._group)
+        self.last_global_norm = paddle.sqrt(sharded + replicated)
+        self._scale = paddle.clip(self.max_norm / (self.last_global_norm + _CLIP_EPS), max=1.0)
+        self._pending = {p.name for _, p in counted}
+
+    @paddle.no_grad()
+    def _dygraph_clip(self, params_grads):
+        names = {p.name for p, g in params_grads if g is not None}
+        if not names:
+            return params_grads
+        if not names <= self._pending:
+            self._start_step()
+        self._pending -= names
+        return [(p, g if g is None else g * self._scale.astype(g.dtype)) for p, g in params_grads]
+
+
+def _model_parallel_group(model: paddle.nn.Layer):
+    """Fleet's tensor-parallel group when the model is split over ranks, else None."""
+    config = getattr(getattr(model, "_layers", model), "config", None)
+    if getattr(config, "tensor_parallel_degree", 1) <= 1:
+        return None
+    from paddle.distributed import fleet
+
+    return fleet.get_hybrid_communicate_group().get_model_parallel_group()
+
+
+def build_optimizer(
+    name: str,
+    model: paddle.nn.Layer,
+    schedule: Union[LRScheduler, float],
+    *,
+    learning_rate: float,
+    weight_decay: float,
+    beta1: float,
+    beta2: float,
+    epsilon: float,
+    visual_lr: Optional[float] = None,
+    text_lr: Optional[float] = None,
+    visual_wd: Optional[float] = None,
+    text_wd: Optional[float] = None,
+    layer_decay: float = 1.0,
+    visual_ld: Optional[float] = None,
+    text_ld: Optional[float] = None,
+    max_grad_norm: float = 0.0,
+) -> paddle.optimizer.Optimizer:
+    """Paddle AdamW or Lamb over parameter_groups(model, ...), stepping with `schedule`, whose
+    peak must be `learning_rate` (the groups' multipliers are relative to it). max_grad_norm > 0
+    clips by the global norm over all groups (GlobalNormClip); <= 0 does not clip."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    peak = schedule.base_lr if isinstance(schedule, LRScheduler) else schedule
+    if not math.isclose(peak, learning_rate):
+        raise ValueError(
+            f"the schedule peaks at {peak} but learning_rate is {learning_rate}; group lrs are "
+            "multipliers of the schedule, so build the schedule from the same learning_rate"
+        )
+    groups = parameter_groups(
+        model, learning_rate, weight_decay, visual_lr=visual_lr, text_lr=text_lr, visual_wd=visual_wd,
+        text_wd=text_wd, layer_decay=layer_decay, visual_ld=visual_ld, text_ld=text_ld,
+    )
+    clip = None
+    if max_grad_norm > 0:
+        named = [pair for group in groups for pair in zip(group["param_names"], group["params"])]
+        clip = GlobalNormClip(max_grad_norm, named, model_parallel_group=_model_parallel_group(model))
+    if name == "lamb":
+        lamb_groups = []
+        for group in groups:
+            lamb_group = {key: value for key, value in group.items() if key != "weight_decay"}
+            lamb_group["lamb_weight_decay"] = group["weight_decay"]
+            lamb_groups.append(lamb_group)
+        return paddle.optimizer.Lamb(
+            learning_rate=schedule, lamb_weight_decay=weight_decay, beta1=beta1, beta2=beta2,
+            epsilon=epsilon, parameters=lamb_groups, grad_clip=clip,
+        )
+    return paddle.optimizer.AdamW(
+        learning_rate=schedule, beta1=beta1, beta2=beta2, epsilon=epsilon, parameters=groups,
+        weight_decay=weight_decay, grad_clip=clip,
+    )

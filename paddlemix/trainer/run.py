@@ -1,0 +1,102 @@
+"""`run_pretrain_dist.py` of every family: parse flags, build model and data, train, save.
+
+    python -m paddle.distributed.launch --nproc_per_node 8 paddlemix/examples/evaclip/run_pretrain_dist.py \\
+        --model paddlemix/EVA/EVA02-CLIP-B-16 --optimizer lamb --visual_lr 2e-4 --text_lr 2e-5 ...
+"""
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import paddle
+
+from .. import AutoConfig, AutoModel
+from ..data.datasets import build_dataset
+from ..models.hub import WEIGHTS_NAME, cached_weights_file
+from ..models.loss import ClipLoss
+from ..processors import image_transform
+from ..utils.log import logger, warn_once
+from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
+from .trainer import CLIPTrainer, resolve_resume
+
+
+def check_platform(args: CLIPTrainingArguments) -> None:
+    """Refuse what this device cannot do, at start-up; say once what will silently not happen."""
+    on_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    if not on_gpu and (args.fp16 or args.bf16):
+        warn_once("--fp16/--bf16 ask for AMP, which Paddle runs on GPUs only: this CPU run trains in float32")
+        args.fp16 = args.bf16 = False
+    sharding = args.requested_sharding
+    if not on_gpu and ("stage2" in sharding or "stage3" in sharding):
+        raise RuntimeError(
+            f"--sharding {sharding}: stage2/stage3 sharding runs on GPUs only (Paddle's CPU build has no "
+            "reduce_scatter for it). Use --sharding stage1, or plain data parallel (no --sharding), on CPU"
+        )
+    if sharding and args.world_size == 1:
+        warn_once(f"--sharding {sharding} has nothing to shard in a single process: ignored")
+
+
+def _weights_file(name_or_dir: str) -> str:
+    """A model directory's weights file, or a registry name's (cache or download)."""
+    local = Path(name_or_dir).expanduser()
+    return str(local / WEIGHTS_NAME) if local.is_dir() else str(cached_weights_file(name_or_dir))
+
+
+def build_model(model_args: ModelArguments, args: CLIPTrainingArguments):
+    config = AutoConfig.from_pretrained(model_args.model)
+    config.tensor_parallel_degree = max(1, args.requested_tensor_parallel_degree)
+    model = AutoModel.from_config(config)
+    if model_args.pretrained:
+        model.load_weights(_weights_file(model_args.pretrained))
+    if model_args.pretrained_text_model:
+        state = paddle.load(_weights_file(model_args.pretrained_text_model))
+        text = {k: v for k, v in state.items() if k.startswith("text.")}
+        own = model.state_dict()
+        missing = sorted(k for k in own if k.startswith("text.") and k not in text)
+        if missing or not text:
+            raise ValueError(f"--pretrained_text_model {model_args.pretrained_text_model}: no text weights for {missing[:5]}")
+        model.set_state_dict({**own, **text})
+    for tower, locked in (("visual", model_args.lock_image), ("text", model_args.lock_text)):
+        if locked:
+            for param in getattr(model, tower).parameters():
+                param.stop_gradient = True
+    model.set_recompute(args.recompute)
+    model.set_loss(ClipLoss(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad))
+    return model
+
+
+def context_length_of(model, model_args: ModelArguments) -> int:
+    length = model_args.context_length or model.context_length
+    if length > model.context_length:
+        raise ValueError(f"--context_length {length} exceeds the model's {model.context_length}")
+    return length
+
+
+def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[str] = None) -> CLIPTrainer:
+    """Train as the flags in `argv` (default sys.argv) say; `default_model` when --model is not given."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if default_model and not any(a == "--model" or a.startswith("--model=") for a in argv):
+        argv = ["--model", default_model, *argv]
+    model_args, data_args, args = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_platform(args)
+    paddle.seed(args.seed)
+    model = build_model(model_args, args)
+    dataset = train_dataset(data_args, model, args)
+    trainer = CLIPTrainer(model, args, dataset, context_length_of(model, model_args))
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    if resume:
+        logger.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
+    if args.should_save and not trainer.preemption.requested:
+        model.save_pretrained(args.output_dir)
+    return trainer
+
+
+def train_dataset(data_args: DataArguments, model, args: CLIPTrainingArguments):
+    transform = image_transform(model.visual.image_size, is_train=True)
+    return build_dataset(
+        data_args.task_name, transform, data_dir=data_args.data_dir, csv_img_key=data_args.csv_img_key,
+        csv_caption_key=data_args.csv_caption_key, csv_separator=data_args.csv_separator, seed=args.seed,
+    )

@@ -1,0 +1,216 @@
+"""The one trainer of every family: PaddleNLP's Trainer with paddlemix's loader, optimizer groups,
+atomic and resumable checkpoints, preemption handling and CLIP-specific logs."""
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Dict, Optional
+
+import paddle
+import paddle.distributed as dist
+from paddlenlp.trainer import Trainer, TrainerCallback
+from paddlenlp.trainer.integrations import VisualDLCallback
+
+from ..data.loader import ImageTextLoader
+from ..utils.distributed import get_world_size
+from ..utils.log import logger
+from .optimization import build_optimizer, cosine_schedule, group_learning_rates
+
+CHECKPOINT_PREFIX = "checkpoint-"
+COMPLETE_MARKER = "checkpoint_complete"  # written last: a checkpoint without it is partial and ignored
+TRAINER_STATE = "paddlemix_state.json"  # the data position, beside PaddleNLP's own trainer state
+RESULTS = "results.jsonl"
+
+
+def complete_checkpoints(output_dir: str):
+    """Complete checkpoint directories under `output_dir`, oldest first."""
+    root = Path(output_dir)
+    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if (p / COMPLETE_MARKER).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def resolve_resume(resume_from_checkpoint: Optional[str], output_dir: str) -> Optional[str]:
+    """`auto`: the latest complete checkpoint if any (else a fresh start); `latest`: it, or an error;
+    a path: that checkpoint, which must be complete."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint in ("auto", "latest"):
+        found = complete_checkpoints(output_dir)
+        if found:
+            return str(found[-1])
+        if resume_from_checkpoint == "latest":
+            raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}")
+        return None
+    path = Path(resume_from_checkpoint)
+    if not (path / COMPLETE_MARKER).is_file():
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {path}: not a complete checkpoint (no {COMPLETE_MARKER}; a save that was "
+            f"interrupted leaves such a directory). Complete ones: {[p.name for p in complete_checkpoints(output_dir)]}"
+        )
+    return str(path)
+
+
+class PreemptionCallback(TrainerCallback):
+    """On SIGTERM/SIGINT: finish the current step, save a checkpoint, stop cleanly."""
+
+    def __init__(self):
+        self.requested = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._request)
+
+    def _request(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+        logger.warning("%s received: saving a checkpoint after this step, then stopping", self.requested)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class LogitScaleClamp(TrainerCallback):
+    """Clamp logit_scale to [0, ln 100] after every update, as open_clip's training loop does: the
+    forward clamp alone would let the parameter drift where it gets no gradient."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        with paddle.no_grad():
+            model.logit_scale.set_value(model.logit_scale.clip(0.0, model.config.max_logit_scale))
+        return control
+
+
+class ScalarVisualDLCallback(VisualDLCallback):
+    """PaddleNLP's VisualDL logging without its hyper-parameter table, which fails on boolean
+    arguments with today's visualdl/protobuf ("Expected an int, got a boolean")."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.vdl_writer is None:
+            self._init_summary_writer(args)
+        return control
+
+
+class CLIPTrainer(Trainer):
+    """PaddleNLP Trainer over paddlemix's ImageTextLoader and optimizer; see module docstring."""
+
+    def __init__(self, model, args, train_dataset, context_length: int, eval_hook=None):
+        self.preemption = PreemptionCallback()
+        super().__init__(model=model, args=args, train_dataset=train_dataset,
+                         callbacks=[self.preemption, LogitScaleClamp()])
+        if self.pop_callback(VisualDLCallback) is not None:
+            self.add_callback(ScalarVisualDLCallback())
+        self.train_loader = ImageTextLoader(
+            train_dataset, batch_size=args.per_device_train_batch_size, context_length=context_length,
+            num_workers=args.dataloader_num_workers, seed=args.seed, log_every=max(1, args.logging_steps),
+        )
+        self.eval_hook = eval_hook
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_skipped = 0
+        self._resume_rng_from = None
+
+    # ---- data, optimizer, loss
+    def get_train_dataloader(self):
+        return self.train_loader
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int):
+        args = self.args
+        self.lr_scheduler = cosine_schedule(args.learning_rate, args.warmup_steps, num_training_steps, args.min_lr)
+        self.optimizer = build_optimizer(
+            args.optimizer, self.model, self.lr_scheduler, learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay, visual_lr=args.visual_lr, text_lr=args.text_lr, visual_wd=args.visual_wd,
+            text_wd=args.text_wd, layer_decay=args.layer_decay, visual_ld=args.visual_ld, text_ld=args.text_ld,
+            beta1=args.adam_beta1, beta2=args.adam_beta2, epsilon=args.adam_epsilon, max_grad_norm=args.max_grad_norm,
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False):
+        outputs = model(image=inputs["image"], input_ids=inputs["input_ids"])
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+    def training_step(self, model, inputs, step_control=0):
+        """Forward + backward; a NaN/inf loss (on any rank) skips the backward, so the update that
+        follows changes nothing, and too many in a row stop the run."""
+        model.train()
+        with self.autocast_smart_context_manager():
+            loss = self.compute_loss(model, inputs)
+        finite = paddle.isfinite(loss).astype("int32")
+        if get_world_size() > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite):
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_skipped += 1
+            logger.warning("step %d: non-finite loss %s, update skipped (%d in a row)", self.state.global_step + 1,
+                           float(loss), self.nonfinite_in_a_row)
+            if self.nonfinite_in_a_row >= self.args.max_nonfinite_steps:
+                raise FloatingPointError(
+                    f"{self.nonfinite_in_a_row} non-finite losses in a row: stopping. Lower --learning_rate, raise "
+                    "--warmup_steps, set --max_grad_norm, or check the data"
+                )
+            return paddle.zeros([])
+        self.nonfinite_in_a_row = 0
+        if self.args.gradient_accumulation_steps > 1:
+            loss = loss / self.args.gradient_accumulation_steps
+        loss.backward()
+        return loss.detach()
+
+    # ---- checkpoints
+    def train(self, resume_from_checkpoint: Optional[str] = None, **kwargs):
+        if resume_from_checkpoint:
+            state = json.loads((Path(resume_from_checkpoint) / TRAINER_STATE).read_text())
+            if not self.train_loader.streaming:
+                self.train_loader.load_state_dict(state["loader"])
+            # the loader resumes its own position: PaddleNLP must not also skip batches
+            self.args.ignore_data_skip = True
+            self._resume_rng_from = resume_from_checkpoint
+            self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _inner_training_loop(self, *args, **kwargs):
+        if self._resume_rng_from:  # PaddleNLP restores RNG only while skipping batches itself
+            self._load_rng_state(self._resume_rng_from)
+        return super()._inner_training_loop(*args, **kwargs)
+
+    def _save_checkpoint(self, model, metrics=None):
+        folder = Path(self.args.output_dir) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        if self.args.should_save and folder.exists():  # a partial save of the same step from a killed run
+            shutil.rmtree(folder)
+        super()._save_checkpoint(model, metrics)
+        if self.args.should_save:
+            state = {"loader": self.train_loader.state_dict(), "nonfinite_skipped": self.nonfinite_skipped}
+            (folder / TRAINER_STATE).write_text(json.dumps(state))
+        if get_world_size() > 1:
+            dist.barrier()
+        if self.args.should_save:
+            marker = folder / COMPLETE_MARKER
+            marker.with_suffix(".tmp").write_text(str(self.state.global_step))
+            os.replace(marker.with_suffix(".tmp"), marker)
+            self._remove_partial_checkpoints(keep=folder)
+
+    def _remove_partial_checkpoints(self, keep: Path):
+        for path in Path(self.args.output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
+            if path != keep and path.is_dir() and not (path / COMPLETE_MARKER).is_file():
+                logger.warning("removing %s: an interrupted save", path)
+                shutil.rmtree(path)
+
+    # ---- logs
+    def log(self, logs: Dict[str, float], **kwargs) -> None:
+        if "loss" in logs:
+            logs.update(self._training_figures(logs))
+        super().log(logs, **kwargs)
+        if self.args.should_save:
+            record = dict(logs, step=self.state.global_step)
+            with open(Path(self.args.output_dir) / RESULTS, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _training_figures(self, logs: Dict[str, float]) -> Dict[str, float]:
+        """logit scale, lr of each parameter group, skipped samples by reason, samples/s per device."""
+        figures = {"logit_scale": round(float(self.model.scale()), 4)}
+        figures.update(group_learning_rates(self.optimizer, self.lr_scheduler.get_lr()))
+        for reason, count in sorted(self.train_loader.report.epoch_bad.items()):
+            figures[f"skipped/{reason}"] = count
+        if self.nonfinite_skipped:
+            figures["skipped/nonfinite_loss"] = self.nonfinite_skipped
+        if "interval_samples_per_second" in logs:
+            figures["interval_samples_per_second_per_device"] = round(
+                logs["interval_samples_per_second"] / get_world_size(), 4)
+        return figures

@@ -1,0 +1,122 @@
+"""The shared trainer end to end on a tiny CLIP and the embedded shapes set: flags, start-up checks,
+atomic checkpoints, and a preempted-then-resumed run that reproduces the uninterrupted losses."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from paddlemix.data.synthetic import write_shapes_dataset
+from paddlemix.trainer.arguments import parse_arguments
+from paddlemix.trainer.run import build_model, check_platform
+from paddlemix.trainer.trainer import COMPLETE_MARKER, resolve_resume
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "paddlemix" / "examples" / "clip" / "run_pretrain_dist.py"
+TINY = {"model_type": "clip", "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "head_width": 32, "layers": 2},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer")
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    write_shapes_dataset(root / "shapes", train_per_class=4)
+    return root
+
+
+def flags(setup, output_dir, *extra):
+    return ["--model", str(setup / "tiny.json"), "--task_name", "coco_clip", "--data_dir", str(setup / "shapes"),
+            "--output_dir", str(output_dir), "--max_steps", "8", "--per_device_train_batch_size", "16",
+            "--learning_rate", "1e-3", "--warmup_steps", "2", "--logging_steps", "1", "--save_steps", "3",
+            "--disable_tqdm", "true", "--report_to", "none", "--do_train", "--optimizer", "lamb", "--seed", "3",
+            "--max_grad_norm", "1.0", *extra]
+
+
+def launch(args):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def step_losses(output_dir: Path) -> dict:
+    results = output_dir / "results.jsonl"
+    if not results.exists():
+        return {}
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def run_to_end(args, timeout=240):
+    process = launch(args)
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def test_preempted_and_resumed_run_reproduces_the_uninterrupted_losses(setup, tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    run_to_end(flags(setup, uninterrupted))
+    expected = step_losses(uninterrupted)
+    assert sorted(expected) == list(range(1, 9))
+
+    preempted = tmp_path / "preempted"
+    process = launch(flags(setup, preempted))
+    deadline = time.time() + 180
+    while len(step_losses(preempted)) < 4 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # as a scheduler preempting the job
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-4000:]
+    stopped_at = max(step_losses(preempted))
+    assert 4 <= stopped_at < 8, f"the SIGTERM should stop the run early (stopped at {stopped_at})"
+    assert (preempted / f"checkpoint-{stopped_at}" / COMPLETE_MARKER).is_file()
+
+    run_to_end(flags(setup, preempted, "--resume_from_checkpoint", "auto"))
+    resumed = step_losses(preempted)
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(1, 9):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), f"step {step}"
+
+
+def test_an_interrupted_save_is_ignored_and_the_previous_checkpoint_used(tmp_path):
+    for step in (3, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-3" / COMPLETE_MARKER).write_text("3")  # checkpoint-6: killed mid-save
+    assert resolve_resume("auto", str(tmp_path)) == str(tmp_path / "checkpoint-3")
+    assert resolve_resume("latest", str(tmp_path)) == str(tmp_path / "checkpoint-3")
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        resolve_resume(str(tmp_path / "checkpoint-6"), str(tmp_path))
+    assert resolve_resume("auto", str(tmp_path / "empty")) is None
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        resolve_resume("latest", str(tmp_path / "empty"))
+
+
+def test_a_misspelled_flag_fails_naming_the_closest_valid_ones(capsys):
+    with pytest.raises(SystemExit):
+        parse_arguments(["--visual_lrr", "2e-4", "--output_dir", "x"])
+    assert "--visual_lr" in capsys.readouterr().err
+
+
+def test_fp16_on_cpu_warns_once_and_trains_in_float32(caplog):
+    _, _, args = parse_arguments(["--output_dir", "x", "--bf16", "true"])
+    with caplog.at_level(logging.WARNING, logger="paddlemix"):
+        check_platform(args)
+    assert not args.bf16 and "GPUs only" in caplog.text
+
+
+def test_stage2_sharding_and_tensor_parallel_on_cpu_fail_at_start_up(setup):
+    _, _, args = parse_arguments(["--output_dir", "x", "--sharding", "stage2"])
+    with pytest.raises(RuntimeError, match="stage2/stage3 sharding runs on GPUs only"):
+        check_platform(args)
+    model_args, _, args = parse_arguments(["--output_dir", "x", "--model", str(setup / "tiny.json"),
+                                           "--tensor_parallel_degree", "2"])
+    with pytest.raises(RuntimeError, match="needs GPUs"):
+        build_model(model_args, args)
