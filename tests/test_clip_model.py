@@ -105,7 +105,7 @@ def test_forward_returns_normalised_features_scale_and_loss():
 
 def test_logit_scale_is_clamped_to_ln_100():
     model = AutoModel.from_config(tiny_config())
-    model.logit_scale.set_value(paddle.to_tensor(7.0))
+    model.logit_scale.set_value(paddle.to_tensor([7.0]))
     np.testing.assert_allclose(float(model.scale()), 100.0, rtol=1e-5)
 
 

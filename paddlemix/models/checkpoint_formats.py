@@ -122,13 +122,13 @@ def rename_eva_clip(state: State) -> State:
 
 
 def torch_to_paddle_layout(state: State) -> State:
-    """Transpose torch Linear weights ([out, in]) to Paddle's [in, out]; a 1-element logit_scale to 0-d."""
+    """Transpose torch Linear weights ([out, in]) to Paddle's [in, out]; logit_scale (0-d in open_clip) to [1]."""
     out = {}
     for key, value in state.items():
         if key.endswith(".weight") and value.ndim == 2 and key not in NOT_LINEAR:
             value = value.T
         if key == "logit_scale" and value.size == 1:
-            value = value.reshape([])
+            value = value.reshape([1])
         out[key] = np.array(value, order="C")  # (ascontiguousarray would make 0-d 1-d)
     return out
 

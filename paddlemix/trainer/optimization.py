@@ -132,11 +132,12 @@ def parameter_settings(groups: Iterable[dict]) -> Dict[str, Tuple[float, float]]
 
 def group_learning_rates(optimizer: paddle.optimizer.Optimizer, current_lr: float) -> Dict[str, float]:
     """{"lr/<tower>.layer<i>": effective lr} for logging; decay and no-decay groups of a layer
-    share their lr, so they share one entry."""
-    return {
-        "lr/" + group["name"].rsplit(".", 1)[0]: current_lr * group["learning_rate"]
-        for group in optimizer._param_groups
-    }
+    share their lr, so they share one entry. A flat optimizer (sharding, or one wrapped by fleet)
+    reports its single schedule value as "lr"."""
+    groups = getattr(optimizer, "_param_groups", None) or []
+    if not all(isinstance(group, dict) and "name" in group for group in groups) or not groups:
+        return {"lr": current_lr}
+    return {"lr/" + group["name"].rsplit(".", 1)[0]: current_lr * group["learning_rate"] for group in groups}
 
 
 class WarmupCosine(LRScheduler):
@@ -182,16 +183,22 @@ class GlobalNormClip(ClipGradBase):
     replicated parameters counted once, so every rank clips by the same norm: Paddle's hybrid
     optimizer only makes ClipGradByGlobalNorm parallel-aware, and it knows nothing of our split
     LayerNorm and q/v biases.
+
+    partition_group (sharding stage1): each rank's optimizer holds only its partition of the
+    parameters, and only their gradients are reduced there; the clip then sums the squared norm
+    of the gradients it is given over that group (a flat optimizer calls it once a step).
     """
 
     def __init__(self, max_norm: float, named_parameters: Iterable[Tuple[str, paddle.Tensor]],
-                 model_parallel_group=None):
+                 model_parallel_group=None, partition_group=None):
         super().__init__()
         if max_norm <= 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
         self.max_norm = float(max_norm)
         self._named_parameters = list(named_parameters)
         self._group = model_parallel_group
+        self._partition_group = partition_group
+        self._names = {p.name: name for name, p in self._named_parameters}
         self._pending: set = set()
         self._scale: Optional[paddle.Tensor] = None
         self.last_global_norm: Optional[paddle.Tensor] = None
@@ -199,11 +206,10 @@ class GlobalNormClip(ClipGradBase):
     def __str__(self) -> str:
         return f"GlobalNormClip(max_norm={self.max_norm})"
 
-    def _start_step(self) -> None:
-        counted = [(name, p) for name, p in self._named_parameters if not p.stop_gradient and p.grad is not None]
+    def _set_scale(self, named_grads: List[Tuple[str, paddle.Tensor]]) -> None:
         sharded, replicated = paddle.zeros([], "float32"), paddle.zeros([], "float32")
-        for name, p in counted:
-            square = paddle.sum(paddle.square(p.grad.astype("float32")))
+        for name, grad in named_grads:
+            square = paddle.sum(paddle.square(grad.astype("float32")))
             if self._group is not None and split_kind(name) is not None:
                 sharded = sharded + square
             else:
@@ -211,8 +217,15 @@ class GlobalNormClip(ClipGradBase):
         if self._group is not None:
             # Each rank holds a different slice of a sharded tensor; replicated ones are alike.
             dist.all_reduce(sharded, group=self._group)
-        self.last_global_norm = paddle.sqrt(sharded + replicated)
+        total = sharded + replicated
+        if self._partition_group is not None:
+            dist.all_reduce(total, group=self._partition_group)
+        self.last_global_norm = paddle.sqrt(total)
         self._scale = paddle.clip(self.max_norm / (self.last_global_norm + _CLIP_EPS), max=1.0)
+
+    def _start_step(self) -> None:
+        counted = [(name, p) for name, p in self._named_parameters if not p.stop_gradient and p.grad is not None]
+        self._set_scale([(name, p.grad) for name, p in counted])
         self._pending = {p.name for _, p in counted}
 
     @paddle.no_grad()
@@ -220,6 +233,9 @@ class GlobalNormClip(ClipGradBase):
         names = {p.name for p, g in params_grads if g is not None}
         if not names:
             return params_grads
+        if self._partition_group is not None:
+            self._set_scale([(self._names.get(p.name, p.name), g) for p, g in params_grads if g is not None])
+            return [(p, g if g is None else g * self._scale.astype(g.dtype)) for p, g in params_grads]
         if not names <= self._pending:
             self._start_step()
         self._pending -= names
@@ -234,6 +250,16 @@ def _model_parallel_group(model: paddle.nn.Layer):
     from paddle.distributed import fleet
 
     return fleet.get_hybrid_communicate_group().get_model_parallel_group()
+
+
+def _sharding_group():
+    """Fleet's sharding group when the optimizer is partitioned over ranks (stage1), else None."""
+    from paddle.distributed import fleet
+
+    hcg = fleet.get_hybrid_communicate_group()
+    if hcg is None or hcg.get_sharding_parallel_world_size() <= 1:
+        return None
+    return hcg.get_sharding_parallel_group()
 
 
 def build_optimizer(
@@ -254,10 +280,17 @@ def build_optimizer(
     visual_ld: Optional[float] = None,
     text_ld: Optional[float] = None,
     max_grad_norm: float = 0.0,
+    flat: bool = False,
 ) -> paddle.optimizer.Optimizer:
     """Paddle AdamW or Lamb over parameter_groups(model, ...), stepping with `schedule`, whose
     peak must be `learning_rate` (the groups' multipliers are relative to it). max_grad_norm > 0
-    clips by the global norm over all groups (GlobalNormClip); <= 0 does not clip."""
+    clips by the global norm over all groups (GlobalNormClip); <= 0 does not clip.
+
+    `flat`: one plain parameter list, for optimizers that refuse groups (sharding stage1). Each
+    parameter then carries its group's lr multiplier itself (Paddle's `optimize_attr`), and the
+    decay exemptions go through the optimizer's name filter; one weight decay must then serve
+    every decaying parameter, else this refuses.
+    """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
     peak = schedule.base_lr if isinstance(schedule, LRScheduler) else schedule
@@ -273,7 +306,10 @@ def build_optimizer(
     clip = None
     if max_grad_norm > 0:
         named = [pair for group in groups for pair in zip(group["param_names"], group["params"])]
-        clip = GlobalNormClip(max_grad_norm, named, model_parallel_group=_model_parallel_group(model))
+        clip = GlobalNormClip(max_grad_norm, named, model_parallel_group=_model_parallel_group(model),
+                              partition_group=_sharding_group() if flat else None)
+    if flat:
+        return _flat_optimizer(name, groups, schedule, clip, beta1=beta1, beta2=beta2, epsilon=epsilon)
     if name == "lamb":
         lamb_groups = []
         for group in groups:
@@ -287,4 +323,29 @@ def build_optimizer(
     return paddle.optimizer.AdamW(
         learning_rate=schedule, beta1=beta1, beta2=beta2, epsilon=epsilon, parameters=groups,
         weight_decay=weight_decay, grad_clip=clip,
+    )
+
+
+def _flat_optimizer(name, groups, schedule, clip, **adam):
+    decays = {group["weight_decay"] for group in groups if group["weight_decay"] > 0}
+    if len(decays) > 1:
+        raise ValueError(
+            f"--sharding stage1 takes no parameter groups, so one weight decay must serve both towers; got "
+            f"{sorted(decays)} (--visual_wd/--text_wd/--weight_decay). Make them equal, or train without --sharding"
+        )
+    decay = decays.pop() if decays else 0.0
+    exempt = {param.name for group in groups if group["weight_decay"] == 0 for param in group["params"]}
+    params = []
+    for group in groups:
+        for param in group["params"]:
+            param.optimize_attr["learning_rate"] = group["learning_rate"]
+            params.append(param)
+    if name == "lamb":
+        return paddle.optimizer.Lamb(
+            learning_rate=schedule, lamb_weight_decay=decay, parameters=params, grad_clip=clip,
+            exclude_from_weight_decay_fn=lambda param: param.name in exempt, **adam,
+        )
+    return paddle.optimizer.AdamW(
+        learning_rate=schedule, parameters=params, weight_decay=decay, grad_clip=clip,
+        apply_decay_param_fun=lambda param_name: param_name not in exempt, **adam,
     )

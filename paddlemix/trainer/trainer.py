@@ -121,6 +121,7 @@ class CLIPTrainer(Trainer):
             weight_decay=args.weight_decay, visual_lr=args.visual_lr, text_lr=args.text_lr, visual_wd=args.visual_wd,
             text_wd=args.text_wd, layer_decay=args.layer_decay, visual_ld=args.visual_ld, text_ld=args.text_ld,
             beta1=args.adam_beta1, beta2=args.adam_beta2, epsilon=args.adam_epsilon, max_grad_norm=args.max_grad_norm,
+            flat=bool(args.sharding),  # sharding stage1 refuses parameter groups
         )
 
     def compute_loss(self, model, inputs, return_outputs=False):

@@ -30,8 +30,9 @@ class CLIP(PretrainedMixin, nn.Layer):
         degree = config.tensor_parallel_degree
         self.visual = VisionTransformer(config.vision_cfg, config.embed_dim, config.quick_gelu, degree)
         self.text = TextTransformer(config.text_cfg, config.embed_dim, config.quick_gelu, degree)
+        # shape [1] as in PaddleMIX (open_clip's is 0-d): Paddle's sharding optimizer cannot partition 0-d tensors
         self.logit_scale = self.create_parameter(
-            [], default_initializer=nn.initializer.Constant(config.init_logit_scale)
+            [1], default_initializer=nn.initializer.Constant(config.init_logit_scale)
         )
         self.loss_fn: Optional[ClipLoss] = None
 
@@ -59,7 +60,7 @@ class CLIP(PretrainedMixin, nn.Layer):
         return F.normalize(features, axis=-1) if normalize else features
 
     def scale(self) -> paddle.Tensor:
-        """exp(logit_scale), with logit_scale clamped to [0, max_logit_scale] (ln 100 by default)."""
+        """exp(logit_scale) [1], with logit_scale clamped to [0, max_logit_scale] (ln 100 by default)."""
         return self.logit_scale.clip(0.0, self.config.max_logit_scale).exp()
 
     def forward(
