@@ -5,6 +5,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from paddlemix.evaluation.plots import CELL
+
 DEMO = Path(__file__).resolve().parents[1] / "paddlemix" / "examples" / "clip" / "run_similarity_demo.py"
 
 
@@ -18,4 +20,4 @@ def test_similarity_demo_prints_the_matrix_and_writes_a_png(tmp_path, caplog):
     assert "a blue triangle" in caplog.text
     with Image.open(output) as heat_map:
         rows = len(demo.SHAPES)
-        assert heat_map.size[1] == demo.CELL * (rows + 1)
+        assert heat_map.size[1] == CELL * (rows + 1)

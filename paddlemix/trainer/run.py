@@ -5,6 +5,7 @@
 """
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,6 +25,11 @@ from .trainer import CLIPTrainer, resolve_resume
 def check_platform(args: CLIPTrainingArguments) -> None:
     """Refuse what this device cannot do, at start-up; say once what will silently not happen."""
     on_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    if not on_gpu:
+        # Paddle runs one intra-op thread unless told otherwise; share the cores among the processes.
+        threads = max(1, (os.cpu_count() or 1) // max(1, args.world_size))
+        paddle.base.core.set_num_threads(threads)
+        logger.info("CPU training: %d threads per process", threads)
     if not on_gpu and (args.fp16 or args.bf16):
         warn_once("--fp16/--bf16 ask for AMP, which Paddle runs on GPUs only: this CPU run trains in float32")
         args.fp16 = args.bf16 = False

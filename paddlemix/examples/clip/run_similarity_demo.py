@@ -12,11 +12,11 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
 import paddle
 from PIL import Image, ImageDraw
 
 from paddlemix import AutoModel
+from paddlemix.evaluation.plots import save_similarity_heat_map
 from paddlemix.models import CLIPConfig, TextConfig, VisionConfig
 from paddlemix.processors import CLIPProcessor
 
@@ -30,7 +30,6 @@ DEMO_CONFIG = CLIPConfig(
 )
 SHAPES = [("red", "circle"), ("green", "square"), ("blue", "triangle"), ("yellow", "circle")]
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40)}
-CELL = 96  # heat-map cell side in pixels
 
 
 def draw_shape(colour: str, shape: str, size: int = 256) -> Image.Image:
@@ -44,32 +43,6 @@ def draw_shape(colour: str, shape: str, size: int = 256) -> Image.Image:
     else:
         draw.polygon([(size // 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=COLOURS[colour])
     return image
-
-
-def heat_colour(value: float) -> tuple:
-    """Blue (low) to red (high) for value in [0, 1]."""
-    return (int(255 * value), int(80 + 60 * (1 - abs(2 * value - 1))), int(255 * (1 - value)))
-
-
-def save_heat_map(similarity: np.ndarray, images, captions, path: Path) -> None:
-    """Rows are captions, columns images (thumbnails on top); each cell shows its cosine similarity."""
-    label_width = 8 * max(len(c) for c in captions) + 16
-    rows, cols = similarity.shape
-    canvas = Image.new("RGB", (label_width + cols * CELL, CELL + rows * CELL), "white")
-    draw = ImageDraw.Draw(canvas)
-    low, high = float(similarity.min()), float(similarity.max())
-    for col, image in enumerate(images):
-        canvas.paste(image.resize((CELL - 8, CELL - 8)), (label_width + col * CELL + 4, 4))
-    for row, caption in enumerate(captions):
-        top = CELL + row * CELL
-        draw.text((8, top + CELL // 2 - 6), caption, fill="black")
-        for col in range(cols):
-            value = similarity[row, col]
-            left = label_width + col * CELL
-            draw.rectangle((left, top, left + CELL - 1, top + CELL - 1),
-                           fill=heat_colour((value - low) / (high - low + 1e-12)))
-            draw.text((left + CELL // 2 - 18, top + CELL // 2 - 6), f"{value:+.3f}", fill="white")
-    canvas.save(path)
 
 
 def main(argv=None) -> None:
@@ -95,7 +68,7 @@ def main(argv=None) -> None:
     lines = ["cosine similarity (rows: captions, columns: images)", " " * width + "".join(f"{i:>9}" for i in range(len(images)))]
     lines += [f"{caption:<{width}}" + "".join(f"{v:>+9.4f}" for v in row) for caption, row in zip(captions, similarity)]
     logger.info("\n".join(lines))
-    save_heat_map(similarity, images, captions, args.output)
+    save_similarity_heat_map(similarity, images, captions, args.output)
     logger.info("heat map written to %s", args.output.resolve())
 
 
