@@ -81,7 +81,8 @@ def main(argv=None) -> dict:
     run_pretrain([
         "--model", str(config), "--task_name", "coco_clip", "--data_dir", str(data_dir), "--output_dir", str(model_dir),
         "--do_train", "--max_steps", str(args.max_steps), "--per_device_train_batch_size", "64",
-        "--learning_rate", "2e-3", "--warmup_steps", "20", "--weight_decay", "0.1", "--optimizer", "adamw",
+        "--learning_rate", "2e-3", "--warmup_steps", str(args.max_steps // 20), "--weight_decay", "0.1",
+        "--optimizer", "adamw",
         "--max_grad_norm", "1.0", "--logging_steps", "50", "--save_steps", "100000", "--disable_tqdm", "true",
         "--report_to", "none", "--seed", "0", *trainer_flags,
     ])
