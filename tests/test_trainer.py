@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import paddle
 import pytest
 
 from paddlemix.trainer.arguments import parse_arguments
@@ -98,3 +100,17 @@ def test_stage2_sharding_and_tensor_parallel_on_cpu_fail_at_start_up(setup):
                                            "--tensor_parallel_degree", "2"])
     with pytest.raises(RuntimeError, match="needs GPUs"):
         build_model(model_args, args)
+
+
+def test_gradient_accumulation_trains_like_the_larger_batch(setup, tmp_path):
+    """2 micro-batches of 8 reach the parameters of batches of 16: the contrastive negatives are
+    those of the whole batch (open_clip's feature-caching accumulation), not of each micro-batch."""
+    steps = ["--max_steps", "5", "--adam_epsilon", "1e-4", "--save_steps", "1000"]
+    run_to_end(flags(setup, tmp_path / "large", *steps))
+    run_to_end(flags(setup, tmp_path / "accumulated", *steps, "--per_device_train_batch_size", "8",
+                     "--gradient_accumulation_steps", "2"))
+    large = paddle.load(str(tmp_path / "large" / "model_state.pdparams"))
+    accumulated = paddle.load(str(tmp_path / "accumulated" / "model_state.pdparams"))
+    for key in large:
+        np.testing.assert_allclose(accumulated[key].numpy(), large[key].numpy(), rtol=0, atol=1e-5, err_msg=key)
+    assert step_losses(tmp_path / "accumulated") == pytest.approx(step_losses(tmp_path / "large"), rel=1e-5)

@@ -1,6 +1,7 @@
 """The one trainer of every family: PaddleNLP's Trainer with paddlemix's loader, optimizer groups,
 atomic and resumable checkpoints, preemption handling and CLIP-specific logs."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -108,6 +109,7 @@ class CLIPTrainer(Trainer):
         self.nonfinite_in_a_row = 0
         self.nonfinite_skipped = 0
         self._resume_rng_from = None
+        self._micro_batches = []
 
     # ---- data, optimizer, loss
     def get_train_dataloader(self):
@@ -129,30 +131,69 @@ class CLIPTrainer(Trainer):
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def training_step(self, model, inputs, step_control=0):
-        """Forward + backward; a NaN/inf loss (on any rank) skips the backward, so the update that
-        follows changes nothing, and too many in a row stop the run."""
+        """One micro-batch. With --gradient_accumulation_steps N the micro-batches are kept until the
+        N-th, and the update then equals one batch N times larger (see _accumulated_backward)."""
         model.train()
-        with self.autocast_smart_context_manager():
-            loss = self.compute_loss(model, inputs)
-        finite = paddle.isfinite(loss).astype("int32")
+        self._micro_batches.append(inputs)
+        if len(self._micro_batches) < self.args.gradient_accumulation_steps:
+            return paddle.zeros([])
+        batches, self._micro_batches = self._micro_batches, []
+        if len(batches) == 1:
+            with self.autocast_smart_context_manager():
+                loss = self.compute_loss(model, batches[0])
+            if self._skip_nonfinite(loss):
+                return paddle.zeros([])
+            loss.backward()
+            return loss.detach()
+        return self._accumulated_backward(model, batches)
+
+    def _accumulated_backward(self, model, batches):
+        """Contrastive loss of all micro-batches as one batch (open_clip's accum_freq): every
+        micro-batch's features first without gradient, then each micro-batch recomputed with
+        gradient in turn among the others' cached features. The negatives are those of the large
+        batch, and the gradients sum to its gradient; logit_scale keeps its gradient in one pass
+        only (open_clip counts it N times)."""
+        with paddle.no_grad(), self.autocast_smart_context_manager():
+            cached = [model(image=b["image"], input_ids=b["input_ids"], return_loss=False) for b in batches]
+            loss = self.model.loss_fn(*self._joined(cached, None, None), cached[0]["logit_scale"])
+        if self._skip_nonfinite(loss):
+            return paddle.zeros([])
+        last = len(batches) - 1
+        for index, batch in enumerate(batches):
+            with self.autocast_smart_context_manager():
+                fresh = model(image=batch["image"], input_ids=batch["input_ids"], return_loss=False)
+                scale = fresh["logit_scale"] if index == last else fresh["logit_scale"].detach()
+                micro_loss = self.model.loss_fn(*self._joined(cached, index, fresh), scale)
+            sync = model.no_sync() if index < last and hasattr(model, "no_sync") else contextlib.nullcontext()
+            with sync:  # DataParallel reduces the gradients once, after the last pass
+                micro_loss.backward()
+        return loss.detach()
+
+    @staticmethod
+    def _joined(cached, index, fresh):
+        """(image, text) features of all micro-batches, the index-th replaced by `fresh`."""
+        parts = [fresh if i == index else c for i, c in enumerate(cached)]
+        return (paddle.concat([p["image_features"] for p in parts]), paddle.concat([p["text_features"] for p in parts]))
+
+    def _skip_nonfinite(self, loss) -> bool:
+        """True (and a warning) when the loss is NaN/inf on any rank: the update is skipped; too
+        many in a row stop the run."""
+        finite = paddle.isfinite(loss).astype("int32").reshape([1])
         if get_world_size() > 1:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if not bool(finite):
-            self.nonfinite_in_a_row += 1
-            self.nonfinite_skipped += 1
-            logger.warning("step %d: non-finite loss %s, update skipped (%d in a row)", self.state.global_step + 1,
-                           float(loss), self.nonfinite_in_a_row)
-            if self.nonfinite_in_a_row >= self.args.max_nonfinite_steps:
-                raise FloatingPointError(
-                    f"{self.nonfinite_in_a_row} non-finite losses in a row: stopping. Lower --learning_rate, raise "
-                    "--warmup_steps, set --max_grad_norm, or check the data"
-                )
-            return paddle.zeros([])
-        self.nonfinite_in_a_row = 0
-        if self.args.gradient_accumulation_steps > 1:
-            loss = loss / self.args.gradient_accumulation_steps
-        loss.backward()
-        return loss.detach()
+        if bool(finite):
+            self.nonfinite_in_a_row = 0
+            return False
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_skipped += 1
+        logger.warning("step %d: non-finite loss %s, update skipped (%d in a row)", self.state.global_step + 1,
+                       float(loss), self.nonfinite_in_a_row)
+        if self.nonfinite_in_a_row >= self.args.max_nonfinite_steps:
+            raise FloatingPointError(
+                f"{self.nonfinite_in_a_row} non-finite losses in a row: stopping. Lower --learning_rate, raise "
+                "--warmup_steps, set --max_grad_norm, or check the data"
+            )
+        return True
 
     # ---- checkpoints
     def train(self, resume_from_checkpoint: Optional[str] = None, **kwargs):
