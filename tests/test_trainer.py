@@ -114,3 +114,31 @@ def test_gradient_accumulation_trains_like_the_larger_batch(setup, tmp_path):
     for key in large:
         np.testing.assert_allclose(accumulated[key].numpy(), large[key].numpy(), rtol=0, atol=1e-5, err_msg=key)
     assert step_losses(tmp_path / "accumulated") == pytest.approx(step_losses(tmp_path / "large"), rel=1e-5)
+
+
+def test_evaluation_during_training_logs_zero_shot_and_retrieval_metrics(setup, tmp_path):
+    """--classification_eval (an ImageFolder: images/<class>/*, labels.txt, templates.txt) and --do_eval
+    (retrieval on the val split) run every --eval_steps with the current towers, and at the end."""
+    import shutil
+
+    from paddlemix.data.synthetic import COLOURS
+
+    folder = tmp_path / "colours"
+    for colour in COLOURS:
+        (folder / "images" / colour).mkdir(parents=True)
+    records = json.loads((setup / "shapes" / "annotations" / "coco_karpathy_test.json").read_text())
+    for record in records:
+        colour = next(c for c in COLOURS if c in record["caption"][0].split())
+        shutil.copy(setup / "shapes" / "images" / record["image"], folder / "images" / colour)
+    (folder / "labels.txt").write_text("\n".join(f"{c} shape" for c in sorted(COLOURS)) + "\n")
+    (folder / "templates.txt").write_text("a {}\na picture of a {}\n")
+    output = tmp_path / "out"
+    log = run_to_end(flags(setup, output, "--max_steps", "6", "--eval_steps", "3", "--do_eval",
+                           "--classification_eval", str(folder), "--save_steps", "1000"))
+    assert "zero-shot classification task: colours: top1:" in log
+    records = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines()]
+    evaluations = [r for r in records if "eval/colours/top1" in r]
+    assert [r["step"] for r in evaluations] == [3, 6]
+    for record in evaluations:
+        assert record["eval/colours/num_samples"] == 48 and 0 <= record["eval/colours/top1"] <= 100
+        assert 0 <= record["eval/retrieval/image_to_text_R@1"] <= record["eval/retrieval/image_to_text_R@5"] <= 1

@@ -13,12 +13,15 @@ from typing import Optional, Sequence
 import paddle
 
 from .. import AutoConfig, AutoModel
+from ..data.coco import annotation_file, coco_root
 from ..data.datasets import build_dataset
+from ..evaluation.datasets import caption_set
 from ..models.hub import WEIGHTS_NAME, cached_weights_file
 from ..models.loss import ClipLoss
 from ..processors import image_transform
 from ..utils.log import logger, warn_once
 from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
+from .evaluation import TrainingEvaluation
 from .trainer import CLIPTrainer, resolve_resume
 
 
@@ -90,14 +93,32 @@ def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[s
     paddle.seed(args.seed)
     model = build_model(model_args, args)
     dataset = train_dataset(data_args, model, args)
-    trainer = CLIPTrainer(model, args, dataset, context_length_of(model, model_args))
+    context_length = context_length_of(model, model_args)
+    retrieval = validation_captions(data_args) if args.do_eval else None
+    evaluation = None
+    if data_args.classification_eval or retrieval:
+        evaluation = TrainingEvaluation(data_args.classification_eval, retrieval, args.per_device_eval_batch_size,
+                                        context_length)
+    trainer = CLIPTrainer(model, args, dataset, context_length, evaluation)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume:
         logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
-    if args.should_save and not trainer.preemption.requested:
+    if trainer.preemption.requested:
+        return trainer
+    trainer.evaluate()  # the final model (once: a step already evaluated is not evaluated again)
+    if args.should_save:
         model.save_pretrained(args.output_dir)
     return trainer
+
+
+def validation_captions(data_args: DataArguments):
+    """The val split for --do_eval retrieval: coco_clip's, or a coco_karpathy file's *_val.json sibling."""
+    if data_args.task_name == "coco_clip":
+        root = coco_root(data_args.data_dir)
+        return caption_set(annotation_file(root, "val"), root / "images")
+    warn_once(f"--do_eval: retrieval needs a val split, which --task_name {data_args.task_name} does not have")
+    return None
 
 
 def train_dataset(data_args: DataArguments, model, args: CLIPTrainingArguments):

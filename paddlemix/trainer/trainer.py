@@ -11,7 +11,7 @@ from typing import Dict, Optional
 
 import paddle
 import paddle.distributed as dist
-from paddlenlp.trainer import Trainer, TrainerCallback
+from paddlenlp.trainer import IntervalStrategy, Trainer, TrainerCallback
 from paddlenlp.trainer.integrations import VisualDLCallback
 
 from ..data.loader import ImageTextLoader
@@ -95,7 +95,7 @@ class ScalarVisualDLCallback(VisualDLCallback):
 class CLIPTrainer(Trainer):
     """PaddleNLP Trainer over paddlemix's ImageTextLoader and optimizer; see module docstring."""
 
-    def __init__(self, model, args, train_dataset, context_length: int, eval_hook=None):
+    def __init__(self, model, args, train_dataset, context_length: int, evaluation=None):
         self.preemption = PreemptionCallback()
         super().__init__(model=model, args=args, train_dataset=train_dataset,
                          callbacks=[self.preemption, LogitScaleClamp()])
@@ -105,7 +105,10 @@ class CLIPTrainer(Trainer):
             train_dataset, batch_size=args.per_device_train_batch_size, context_length=context_length,
             num_workers=args.dataloader_num_workers, seed=args.seed, log_every=max(1, args.logging_steps),
         )
-        self.eval_hook = eval_hook
+        self.evaluation = evaluation  # a TrainingEvaluation, run every --eval_steps
+        self._evaluated: Dict = {}
+        if evaluation is not None and args.eval_steps:
+            args.evaluation_strategy = IntervalStrategy.STEPS
         self.nonfinite_in_a_row = 0
         self.nonfinite_skipped = 0
         self._resume_rng_from = None
@@ -233,6 +236,16 @@ class CLIPTrainer(Trainer):
             if path != keep and path.is_dir() and not (path / COMPLETE_MARKER).is_file():
                 logger.warning("removing %s: an interrupted save", path)
                 shutil.rmtree(path)
+
+    def evaluate(self, *args, **kwargs) -> Dict[str, float]:
+        """Zero-shot classification / retrieval with the current model (PaddleNLP calls this every
+        --eval_steps); nothing when no evaluation was asked for."""
+        if self.evaluation is None:
+            return {}
+        if self._evaluated.get("step") != self.state.global_step:  # PaddleNLP may ask twice at the last step
+            self._evaluated = {"step": self.state.global_step, "metrics": self.evaluation.evaluate(self.model)}
+            self.log(dict(self._evaluated["metrics"]))
+        return self._evaluated["metrics"]
 
     # ---- logs
     def log(self, logs: Dict[str, float], **kwargs) -> None:

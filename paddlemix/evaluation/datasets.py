@@ -1,0 +1,59 @@
+"""Evaluation data: an ImageFolder for zero-shot classification and a caption set for retrieval.
+
+Classification directory (PaddleMIX's layout): `DIR/images/<class folder>/*`, `DIR/labels.txt`
+(class names, one per line, in folder order) and `DIR/templates.txt` (one prompt per line with
+`{}`). Without labels.txt/templates.txt, a folder of the 1000 ImageNet synsets uses OpenAI's
+ImageNet class names and 80 templates; other folders use their folder names and "a photo of a {}.".
+"""
+
+import json
+from pathlib import Path
+from typing import List, Tuple
+
+from .zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, load_metadata_file
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+class ClassificationSet:
+    """samples: (image path, class index); classnames and templates for the zero-shot classifier."""
+
+    def __init__(self, directory: str):
+        root = Path(directory)
+        images = root / "images"
+        if not images.is_dir():
+            raise FileNotFoundError(f"--classification_eval {root}: no images/ folder (expected images/<class>/*)")
+        folders = sorted(p for p in images.iterdir() if p.is_dir())
+        if not folders:
+            raise FileNotFoundError(f"--classification_eval {root}: images/ holds no class folders")
+        self.samples: List[Tuple[str, int]] = [
+            (str(path), index)
+            for index, folder in enumerate(folders)
+            for path in sorted(folder.iterdir())
+            if path.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        imagenet = len(folders) == len(IMAGENET_CLASSNAMES)
+        if (root / "labels.txt").is_file():
+            self.classnames = load_metadata_file(root / "labels.txt")
+        else:
+            self.classnames = IMAGENET_CLASSNAMES if imagenet else tuple(f.name.replace("_", " ") for f in folders)
+        if len(self.classnames) != len(folders):
+            raise ValueError(f"{root / 'labels.txt'}: {len(self.classnames)} names for {len(folders)} class folders")
+        if (root / "templates.txt").is_file():
+            self.templates = load_metadata_file(root / "templates.txt")
+        else:
+            self.templates = OPENAI_IMAGENET_TEMPLATES if imagenet else DEFAULT_TEMPLATES
+        self.name = root.name
+
+
+def caption_set(annotation: Path, image_root: Path) -> Tuple[List[str], List[str], List[int]]:
+    """(image paths, captions, image index of each caption) of a coco_karpathy-format file."""
+    records = json.loads(Path(annotation).read_text(encoding="utf-8"))
+    images, captions, owner = [], [], []
+    for index, record in enumerate(records):
+        images.append(str(Path(image_root) / record["image"]))
+        texts = record["caption"] if isinstance(record["caption"], list) else [record["caption"]]
+        captions.extend(texts)
+        owner.extend([index] * len(texts))
+    return images, captions, owner
