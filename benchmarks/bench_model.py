@@ -6,7 +6,7 @@
         --peer ../reference/.venv/bin/python
 
 Random-init weights, N(0, 1) images and random token ids (speed does not depend on the values),
-float32. encode_image: eval mode, no gradients. Training step: forward + ClipLoss + backward +
+float32. Peak memory is each process's maximum resident set (model, optimizer state, activations). encode_image: eval mode, no gradients. Training step: forward + ClipLoss + backward +
 AdamW step, as open_clip's reference bench does. images/s = batch / median time after warm-up.
 `--threads` sets the intra-op threads of both frameworks (Paddle alone defaults to 1). With
 --peer, open_clip runs afterwards through ../shared/reference/openclip_bench.py in that
@@ -74,9 +74,23 @@ def bench_paddlemix(args) -> dict:
     return results
 
 
+# Runs the reference bench, then prints this process's peak resident set (VmHWM, which unlike
+# ru_maxrss does not carry over the forking parent's memory across exec).
+PEER_WRAPPER = (
+    "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
+    "print('VmHWM', next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"
+)
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident set in MiB (VmHWM)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
 def bench_open_clip(args) -> dict:
     name = open_clip_name(args.model)
-    command = [args.peer, str(REFERENCE_BENCH), "--model", name, "--skip-text-infer", "--threads", str(args.threads),
+    command = [args.peer, "-c", PEER_WRAPPER, str(REFERENCE_BENCH), "--model", name, "--skip-text-infer", "--threads", str(args.threads),
                "--infer-batch", str(args.infer_batch), "--infer-steps", str(args.steps + args.warmup),
                "--infer-warmup", str(args.warmup), "--batch-size", str(args.train_batch),
                "--steps", str(args.steps), "--warmup", str(args.warmup)]
@@ -84,9 +98,9 @@ def bench_open_clip(args) -> dict:
     command += ["--skip-train"] if args.skip_train else []
     with tempfile.TemporaryDirectory() as tmp:
         result_file = Path(tmp) / "open_clip.json"
-        subprocess.run(command + ["--json", str(result_file)], check=True, stdout=subprocess.DEVNULL)
+        output = subprocess.run(command + ["--json", str(result_file)], check=True, capture_output=True, text=True).stdout
         raw = json.loads(result_file.read_text())
-    results = {}
+    results = {"peak_mib": int(output.split("VmHWM")[-1].split()[0]) / 1024}
     if "infer_image" in raw:
         results["encode_image"] = raw["infer_image"]["items_per_s"]
     if "train" in raw:
@@ -109,6 +123,7 @@ def main(argv=None) -> None:
 
     paddle.base.core.set_num_threads(args.threads)
     ours = bench_paddlemix(args)
+    ours_peak = peak_memory_mib()
     peer = bench_open_clip(args) if args.peer else {}
     batches = {"encode_image": args.infer_batch, "train_step": args.train_batch}
     print(f"{args.model}, float32, {args.threads} threads (images/s)")
@@ -117,6 +132,10 @@ def main(argv=None) -> None:
         if phase in peer:
             line += f"   open_clip {peer[phase]:7.2f}   ratio {rate / peer[phase]:.2f}"
         print(line)
+    line = f"  peak RSS of the whole process: paddlemix {ours_peak:,.0f} MiB"
+    if args.peer:
+        line += f"   open_clip {peer['peak_mib']:,.0f} MiB"
+    print(line)
 
 
 if __name__ == "__main__":

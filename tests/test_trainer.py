@@ -46,6 +46,10 @@ def test_preempted_and_resumed_run_reproduces_the_uninterrupted_losses(setup, tm
     run_to_end(flags(setup, uninterrupted))
     expected = step_losses(uninterrupted)
     assert sorted(expected) == list(range(1, 9))
+    first = json.loads((uninterrupted / "results.jsonl").read_text().splitlines()[0])
+    for key in ("loss", "logit_scale", "lr/visual.layer1", "lr/text.layer3", "interval_samples_per_second_per_device",
+                "interval_data_seconds", "interval_runtime"):
+        assert key in first, f"results.jsonl lacks {key}"
 
     preempted = tmp_path / "preempted"
     process = launch(flags(setup, preempted))

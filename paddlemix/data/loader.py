@@ -8,6 +8,7 @@ adds them up and logs them.
 """
 
 import random
+import time
 from collections import Counter
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -180,6 +181,12 @@ class ImageTextLoader:
             self.loader = paddle.io.DataLoader(SeededSamples(dataset), batch_sampler=self.batch_sampler,
                                                collate_fn=self.collator, num_workers=num_workers)
         self.consumed_batches = 0
+        self.wait_seconds = 0.0  # time the consumer spent waiting for batches (data time)
+
+    def take_wait_seconds(self) -> float:
+        """Data-waiting time since the last call (for the trainer's logs)."""
+        waited, self.wait_seconds = self.wait_seconds, 0.0
+        return waited
 
     def __len__(self) -> int:
         if self.streaming:
@@ -202,7 +209,13 @@ class ImageTextLoader:
         self.batch_sampler.skip_batches = self.consumed_batches = state["consumed_batches"]
 
     def __iter__(self) -> Iterator[Dict[str, paddle.Tensor]]:
-        for batch in self.loader:
+        batches = iter(self.loader)
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            self.wait_seconds += time.perf_counter() - started
+            if batch is None:
+                break
             skipped = np.asarray(batch.pop("skipped")).reshape(-1)
             self.report.update(int(batch["image"].shape[0]), dict(zip(REASONS, skipped.tolist())))
             self.consumed_batches += 1

@@ -268,4 +268,6 @@ class CLIPTrainer(Trainer):
         if "interval_samples_per_second" in logs:
             figures["interval_samples_per_second_per_device"] = round(
                 logs["interval_samples_per_second"] / get_world_size(), 4)
+        if "interval_runtime" in logs:  # of the interval's wall time, the part spent waiting for data
+            figures["interval_data_seconds"] = round(self.train_loader.take_wait_seconds(), 4)
         return figures
