@@ -16,7 +16,8 @@ from .. import AutoConfig, AutoModel
 from ..data.coco import annotation_file, coco_root
 from ..data.datasets import build_dataset
 from ..evaluation.datasets import caption_set
-from ..models.hub import WEIGHTS_NAME, cached_weights_file
+from ..models.registry import list_models
+from ..models.state_dict import load_state_dict_strict
 from ..models.loss import ClipLoss
 from ..processors import image_transform
 from ..utils.log import logger, warn_once
@@ -46,10 +47,13 @@ def check_platform(args: CLIPTrainingArguments) -> None:
         warn_once(f"--sharding {sharding} has nothing to shard in a single process: ignored")
 
 
-def _weights_file(name_or_dir: str) -> str:
-    """A model directory's weights file, or a registry name's (cache or download)."""
-    local = Path(name_or_dir).expanduser()
-    return str(local / WEIGHTS_NAME) if local.is_dir() else str(cached_weights_file(name_or_dir))
+def resolve_model_name(name: str) -> str:
+    """A directory or registry name as is; a bare architecture name (PaddleMIX's scripts pass
+    `--pretrained_text_model EVA02-CLIP-L-14`) as the one registry name that ends with it."""
+    if Path(name).expanduser().exists() or name in list_models():
+        return name
+    matches = [known for known in list_models() if known.endswith("/" + name)]
+    return matches[0] if len(matches) == 1 else name
 
 
 def build_model(model_args: ModelArguments, args: CLIPTrainingArguments):
@@ -57,15 +61,13 @@ def build_model(model_args: ModelArguments, args: CLIPTrainingArguments):
     config.tensor_parallel_degree = max(1, args.requested_tensor_parallel_degree)
     model = AutoModel.from_config(config)
     if model_args.pretrained:
-        model.load_weights(_weights_file(model_args.pretrained))
+        source = AutoModel.from_pretrained(resolve_model_name(model_args.pretrained))
+        load_state_dict_strict(model, source.state_dict(), source=f"--pretrained {model_args.pretrained}")
     if model_args.pretrained_text_model:
-        state = paddle.load(_weights_file(model_args.pretrained_text_model))
-        text = {k: v for k, v in state.items() if k.startswith("text.")}
-        own = model.state_dict()
-        missing = sorted(k for k in own if k.startswith("text.") and k not in text)
-        if missing or not text:
-            raise ValueError(f"--pretrained_text_model {model_args.pretrained_text_model}: no text weights for {missing[:5]}")
-        model.set_state_dict({**own, **text})
+        # the whole model loads (converted from PaddleMIX's layout if need be); its text tower is kept
+        donor = AutoModel.from_pretrained(resolve_model_name(model_args.pretrained_text_model)).text
+        load_state_dict_strict(model.text, donor.state_dict(),
+                               source=f"--pretrained_text_model {model_args.pretrained_text_model} (text tower)")
     for tower, locked in (("visual", model_args.lock_image), ("text", model_args.lock_text)):
         if locked:
             for param in getattr(model, tower).parameters():

@@ -56,10 +56,20 @@ def resolve_resume(resume_from_checkpoint: Optional[str], output_dir: str) -> Op
 class PreemptionCallback(TrainerCallback):
     """On SIGTERM/SIGINT: finish the current step, save a checkpoint, stop cleanly."""
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self):
         self.requested = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._request)
+        self._previous = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._previous = {sig: signal.signal(sig, self._request) for sig in self.SIGNALS}
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, handler in self._previous.items():  # the host program's own handling again
+            signal.signal(sig, handler)
+        return control
 
     def _request(self, signum, frame):
         self.requested = signal.Signals(signum).name
