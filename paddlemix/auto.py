@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Dict, Tuple, Type, Union
+from typing import Dict, Optional, Tuple, Type, Union
 
 from .models.clip import CLIP
 from .models.configuration import CONFIG_NAME, CLIPConfig
@@ -55,12 +55,8 @@ class AutoModel:
         return MODEL_TYPES[config.model_type][1](config)
 
     @staticmethod
-    def from_pretrained(name_or_dir: Union[str, Path]):
-        """Load `config.json` + `model_state.pdparams` from a directory, the cache or the community URL.
-
-        The model is returned in eval mode.
-        """
-        config = AutoConfig.from_pretrained(name_or_dir)
+    def weights_of(name_or_dir: Union[str, Path]) -> Tuple[Path, Optional[str]]:
+        """(weights file, the layout it may be in) of a model directory or a registry name."""
         if _is_local(name_or_dir):
             weights = Path(name_or_dir).expanduser() / WEIGHTS_NAME
             if not weights.is_file():
@@ -68,10 +64,17 @@ class AutoModel:
                     f"{weights} does not exist: a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
                     "(written by save_pretrained or `python -m paddlemix.tools.convert`)"
                 )
-            foreign_source = None
-        else:
-            weights = cached_weights_file(str(name_or_dir))
-            foreign_source = "paddlemix"  # the community files are in PaddleMIX's own layout
+            return weights, None
+        return cached_weights_file(str(name_or_dir)), "paddlemix"  # community files: PaddleMIX's layout
+
+    @staticmethod
+    def from_pretrained(name_or_dir: Union[str, Path]):
+        """Load `config.json` + `model_state.pdparams` from a directory, the cache or the community URL.
+
+        The model is returned in eval mode.
+        """
+        config = AutoConfig.from_pretrained(name_or_dir)
+        weights, foreign_source = AutoModel.weights_of(name_or_dir)
         model = AutoModel.from_config(config)
         model.load_weights(weights, foreign_source)
         model.eval()

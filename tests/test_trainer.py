@@ -190,3 +190,24 @@ def test_a_locked_image_tower_does_not_train(setup, tmp_path):
     for key, value in initial.items():
         same = np.array_equal(trained[key].numpy(), value.numpy())
         assert same == key.startswith("visual."), f"{key}: {'unchanged' if same else 'changed'}"
+
+
+def test_pretrained_weights_and_a_text_tower_from_another_model_are_loaded(setup, tmp_path):
+    from paddlemix import AutoConfig, AutoModel
+    from paddlemix.trainer.arguments import parse_arguments as parse
+    from paddlemix.trainer.run import build_model
+
+    paddle.seed(11)
+    donor = AutoModel.from_config(AutoConfig.from_pretrained(str(setup / "tiny.json")))
+    donor.save_pretrained(tmp_path / "donor")
+    model_args, _, args = parse(["--output_dir", str(tmp_path), "--model", str(setup / "tiny.json"),
+                                 "--pretrained_text_model", str(tmp_path / "donor")])
+    model = build_model(model_args, args)
+    for key, value in donor.state_dict().items():
+        if key != "logit_scale":  # a constant at initialisation
+            assert np.array_equal(model.state_dict()[key].numpy(), value.numpy()) == key.startswith("text."), key
+    model_args, _, args = parse(["--output_dir", str(tmp_path), "--model", str(setup / "tiny.json"),
+                                 "--pretrained", str(tmp_path / "donor")])
+    model = build_model(model_args, args)
+    for key, value in donor.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key].numpy(), value.numpy(), err_msg=key)

@@ -60,9 +60,8 @@ def build_model(model_args: ModelArguments, args: CLIPTrainingArguments):
     config = AutoConfig.from_pretrained(model_args.model)
     config.tensor_parallel_degree = max(1, args.requested_tensor_parallel_degree)
     model = AutoModel.from_config(config)
-    if model_args.pretrained:
-        source = AutoModel.from_pretrained(resolve_model_name(model_args.pretrained))
-        load_state_dict_strict(model, source.state_dict(), source=f"--pretrained {model_args.pretrained}")
+    if model_args.pretrained:  # through load_weights: under tensor parallelism each rank takes its shard
+        model.load_weights(*AutoModel.weights_of(resolve_model_name(model_args.pretrained)))
     if model_args.pretrained_text_model:
         # the whole model loads (converted from PaddleMIX's layout if need be); its text tower is kept
         donor = AutoModel.from_pretrained(resolve_model_name(model_args.pretrained_text_model)).text
