@@ -272,19 +272,14 @@ def build_optimizer(
     beta1: float,
     beta2: float,
     epsilon: float,
-    visual_lr: Optional[float] = None,
-    text_lr: Optional[float] = None,
-    visual_wd: Optional[float] = None,
-    text_wd: Optional[float] = None,
-    layer_decay: float = 1.0,
-    visual_ld: Optional[float] = None,
-    text_ld: Optional[float] = None,
     max_grad_norm: float = 0.0,
     flat: bool = False,
+    **tower_settings: Optional[float],
 ) -> paddle.optimizer.Optimizer:
-    """Paddle AdamW or Lamb over parameter_groups(model, ...), stepping with `schedule`, whose
-    peak must be `learning_rate` (the groups' multipliers are relative to it). max_grad_norm > 0
-    clips by the global norm over all groups (GlobalNormClip); <= 0 does not clip.
+    """Paddle AdamW or Lamb over parameter_groups(model, learning_rate, weight_decay, **tower_settings)
+    (visual_lr, text_lr, visual_wd, text_wd, layer_decay, visual_ld, text_ld), stepping with
+    `schedule`, whose peak must be `learning_rate` (the groups' multipliers are relative to it).
+    max_grad_norm > 0 clips by the global norm over all groups (GlobalNormClip); <= 0 does not clip.
 
     `flat`: one plain parameter list, for optimizers that refuse groups (sharding stage1). Each
     parameter then carries its group's lr multiplier itself (Paddle's `optimize_attr`), and the
@@ -299,10 +294,7 @@ def build_optimizer(
             f"the schedule peaks at {peak} but learning_rate is {learning_rate}; group lrs are "
             "multipliers of the schedule, so build the schedule from the same learning_rate"
         )
-    groups = parameter_groups(
-        model, learning_rate, weight_decay, visual_lr=visual_lr, text_lr=text_lr, visual_wd=visual_wd,
-        text_wd=text_wd, layer_decay=layer_decay, visual_ld=visual_ld, text_ld=text_ld,
-    )
+    groups = parameter_groups(model, learning_rate, weight_decay, **tower_settings)
     clip = None
     if max_grad_norm > 0:
         named = [pair for group in groups for pair in zip(group["param_names"], group["params"])]
