@@ -33,6 +33,9 @@ class ClassificationSet:
             for path in sorted(folder.iterdir())
             if path.suffix.lower() in IMAGE_SUFFIXES
         ]
+        empty = [f.name for f in folders if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in f.iterdir())]
+        if empty:
+            raise ValueError(f"--classification_eval {root}: class folder(s) without images: {', '.join(empty[:10])}")
         imagenet = len(folders) == len(IMAGENET_CLASSNAMES)
         if (root / "labels.txt").is_file():
             self.classnames = load_metadata_file(root / "labels.txt")
@@ -41,7 +44,11 @@ class ClassificationSet:
         if len(self.classnames) != len(folders):
             raise ValueError(f"{root / 'labels.txt'}: {len(self.classnames)} names for {len(folders)} class folders")
         if (root / "templates.txt").is_file():
-            self.templates = load_metadata_file(root / "templates.txt")
+            path = root / "templates.txt"
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip() and not line.startswith("#") and "{}" not in line:
+                    raise ValueError(f"{path}:{number}: template {line!r} has no {{}} for the class name")
+            self.templates = load_metadata_file(path)
         else:
             self.templates = OPENAI_IMAGENET_TEMPLATES if imagenet else DEFAULT_TEMPLATES
         self.name = root.name

@@ -76,10 +76,11 @@ class CLIPTrainingArguments(TrainingArguments):
 PARSER_CLASSES = (ModelArguments, DataArguments, CLIPTrainingArguments)
 
 
-def parse_arguments(argv: Optional[Sequence[str]] = None) -> Tuple[ModelArguments, DataArguments, CLIPTrainingArguments]:
-    """Parse the trainer's flags; an unknown flag fails naming the closest valid ones."""
+def parse_arguments(argv: Optional[Sequence[str]] = None, classes: Tuple = PARSER_CLASSES) -> Tuple:
+    """Parse flags into `classes` (default: the trainer's model / data / training arguments); an
+    unknown flag fails naming the closest valid ones."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = PdArgumentParser(PARSER_CLASSES)
+    parser = PdArgumentParser(classes)
     known = [option for action in parser._actions for option in action.option_strings]
     unknown = [token.split("=")[0] for token in argv if token.startswith("--") and token.split("=")[0] not in known]
     if unknown:

@@ -1,0 +1,10 @@
+"""CLIP zero-shot evaluation: the shared evaluator (paddlemix.evaluation.evaluate), paddlemix/CLIP/ViT-B-32 by default.
+
+    python paddlemix/examples/clip/run_zero_shot_eval.py --model paddlemix/CLIP/ViT-B-32 \\
+        --classification_eval IN_1K_DIR --retrieval_eval coco --per_device_eval_batch_size 64 --output_dir OUT
+"""
+
+from paddlemix.evaluation.evaluate import run_zero_shot_eval
+
+if __name__ == "__main__":
+    run_zero_shot_eval(default_model="paddlemix/CLIP/ViT-B-32")
