@@ -100,7 +100,10 @@ class Attention(nn.Layer):
         else:
             qkv = self.qkv(x)
         head_width = self.local_width // self.local_heads
-        query, key, value = qkv.reshape([batch, tokens, 3, self.local_heads, head_width]).unbind(2)
+        if exporting():  # split + reshape stay in oneDNN (bf16); reshape + unbind fall back to fp32 copies
+            query, key, value = (t.reshape([batch, tokens, self.local_heads, head_width]) for t in qkv.split(3, axis=-1))
+        else:
+            query, key, value = qkv.reshape([batch, tokens, 3, self.local_heads, head_width]).unbind(2)
         if rope is not None:  # one einsum each: on CPU, 2 x 2.3 ms where q and k together take 12 ms
             query, key = apply_rope(query, rope), apply_rope(key, rope)
         out = scaled_dot_product_attention(query, key, value, attn_mask, fused=self.xattn)
