@@ -9,8 +9,10 @@ which needs a CPU that Paddle reports as bfloat16-capable. On a CUDA build with 
 encoders run on GPU 0 (`bf16` there as Paddle Inference's mixed precision, compute capability >= 8.0).
 """
 
+import hashlib
 import json
 import os
+import types
 from pathlib import Path
 from typing import Optional, Union
 
@@ -108,3 +110,34 @@ class InferenceEncoders:
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         """input_ids: int64 [N, context_length] -> unnormalised features [N, embed_dim]."""
         return self._text(input_ids)
+
+
+class InferenceModel(paddle.nn.Layer):
+    """An exported model behind the eager model's evaluation interface (`encode_image`, `encode_text`,
+    `config`, `visual.image_size`, `context_length`), so the evaluator and the CLI run on either."""
+
+    def __init__(self, export_dir: Union[str, Path], precision: str = "fp32", threads: Optional[int] = None):
+        super().__init__()
+        from .models.configuration import CLIPConfig
+
+        self.export_dir = Path(export_dir)
+        self.encoders = InferenceEncoders(export_dir, precision, threads)
+        self.config = CLIPConfig.from_dict(self.encoders.description["model_config"], where=str(self.export_dir))
+        size = self.config.vision_cfg.image_size
+        self.visual = types.SimpleNamespace(image_size=tuple(size) if isinstance(size, (list, tuple)) else (size, size))
+
+    @property
+    def context_length(self) -> int:
+        return self.config.text_cfg.context_length
+
+    def text_fingerprint(self) -> str:
+        """sha256 of the exported text encoder's weights (what a zero-shot classifier depends on)."""
+        return hashlib.sha256((self.export_dir / (TEXT_ENCODER + ".pdiparams")).read_bytes()).hexdigest()
+
+    def encode_image(self, images: paddle.Tensor, normalize: bool = False) -> paddle.Tensor:
+        features = paddle.to_tensor(self.encoders.encode_image(images.numpy()))
+        return paddle.nn.functional.normalize(features, axis=-1) if normalize else features
+
+    def encode_text(self, input_ids: paddle.Tensor, normalize: bool = False) -> paddle.Tensor:
+        features = paddle.to_tensor(self.encoders.encode_text(input_ids.numpy()))
+        return paddle.nn.functional.normalize(features, axis=-1) if normalize else features

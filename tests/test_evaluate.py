@@ -138,3 +138,17 @@ def test_two_process_evaluation_equals_one_process(evaluation_setup, setup, tmp_
     assert two["colours"] == pytest.approx(single["colours"])
     for key, value in single["retrieval"].items():
         assert two["retrieval"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_the_exported_model_evaluates_like_the_eager_one(evaluation_setup, setup, tmp_path):
+    from paddlemix.tools.export import export
+
+    export(AutoModel.from_pretrained(str(evaluation_setup / "model")), tmp_path / "export")
+    eager = evaluate(evaluation_setup, setup, tmp_path / "eager")
+    inference = run_zero_shot_eval(["--model", str(tmp_path / "export"), "--backend", "inference",
+                                    "--classification_eval", str(evaluation_setup / "colours"), "--retrieval_eval",
+                                    str(setup / "shapes" / "annotations" / "coco_karpathy_test.json"),
+                                    "--per_device_eval_batch_size", "16", "--output_dir", str(tmp_path / "inference")])
+    assert inference["colours"] == pytest.approx(eager["colours"])
+    for key, value in eager["retrieval"].items():
+        assert inference["retrieval"][key] == pytest.approx(value, abs=1e-3), key

@@ -41,10 +41,16 @@ class EvalArguments:
     classifier_cache: Optional[str] = field(
         default=None, metadata={"help": "directory of cached zero-shot classifiers (keyed by the weights' hash)"}
     )
+    backend: str = field(
+        default="eager", metadata={"help": "eager, or inference: --model is a `paddlemix.tools.export` directory"}
+    )
+    precision: str = field(default="fp32", metadata={"help": "inference backend: fp32 or bf16 (oneDNN on CPU)"})
 
 
 def text_tower_fingerprint(model) -> str:
-    """sha256 of the text tower's weights and logit scale: what a zero-shot classifier depends on."""
+    """sha256 of the text tower's weights: what a zero-shot classifier depends on."""
+    if hasattr(model, "text_fingerprint"):  # an exported model: its text encoder file
+        return model.text_fingerprint()
     digest = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):
         if name.startswith("text."):
@@ -121,6 +127,17 @@ def retrieval_set(spec: str, data_dir: Optional[str]):
     return path, image_root if image_root.is_dir() else path.parent
 
 
+def load_model(name_or_dir: str, eval_args: EvalArguments):
+    """The eager model, or the exported one behind the same interface (--backend inference)."""
+    if eval_args.backend == "eager":
+        return AutoModel.from_pretrained(resolve_model_name(name_or_dir))
+    if eval_args.backend == "inference":
+        from ..inference import InferenceModel
+
+        return InferenceModel(name_or_dir, eval_args.precision)
+    raise ValueError(f"--backend must be eager or inference, got {eval_args.backend!r}")
+
+
 def run_zero_shot_eval(argv: Optional[Sequence[str]] = None, default_model: Optional[str] = None) -> Dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if default_model and not any(a == "--model" or a.startswith("--model=") for a in argv):
@@ -129,8 +146,10 @@ def run_zero_shot_eval(argv: Optional[Sequence[str]] = None, default_model: Opti
         argv, (ModelArguments, DataArguments, CLIPTrainingArguments, EvalArguments))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     check_platform(args)
-    model = AutoModel.from_pretrained(resolve_model_name(model_args.model))
+    model = load_model(model_args.model, eval_args)
     if model_args.pretrained_text_model:
+        if eval_args.backend != "eager":
+            raise ValueError("--pretrained_text_model needs --backend eager (an export holds its own text encoder)")
         donor = AutoModel.from_pretrained(resolve_model_name(model_args.pretrained_text_model)).text
         load_state_dict_strict(model.text, donor.state_dict(), source="--pretrained_text_model (text tower)")
     context_length = model_args.context_length or model.context_length
