@@ -22,7 +22,7 @@ import paddle
 import paddle.nn.functional as F
 from PIL import Image
 
-from .auto import AutoModel
+from .inference import load_model
 from .data.samples import BadSample, load_image_file
 from .evaluation.plots import save_similarity_heat_map
 from .evaluation.zero_shot import build_zero_shot_classifier, evaluation_mode
@@ -79,7 +79,7 @@ def report_summary(done: int, skipped: int, verb: str) -> int:
 def run_zeroshot(args: argparse.Namespace) -> int:
     """One line per readable image: its path, then the top-k labels with their probabilities."""
     paths = image_paths(args.images)
-    model = AutoModel.from_pretrained(args.model)
+    model = load_model(args.model, args.backend, args.precision)
     processor = CLIPProcessor.from_config(model.config)
     classifier = build_zero_shot_classifier(model, args.labels, args.templates)  # [embed_dim, labels]
     k = min(args.top_k, len(args.labels))
@@ -111,7 +111,7 @@ def format_matrix(similarity: np.ndarray, texts: Sequence[str], paths: Sequence[
 def run_similarity(args: argparse.Namespace) -> int:
     """Print the text x image cosine similarities and write them as a heat map PNG."""
     paths = image_paths(args.images)
-    model = AutoModel.from_pretrained(args.model)
+    model = load_model(args.model, args.backend, args.precision)
     processor = CLIPProcessor.from_config(model.config)
     kept_paths, kept_images, embeddings, skipped = [], [], [], 0
     with evaluation_mode(model):
@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--model", required=True, help="registry name (paddlemix/CLIP/ViT-B-32) or model dir")
         command.add_argument("--images", required=True, nargs="+", help="image files and directories of images")
         command.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
+        command.add_argument("--backend", choices=("eager", "inference"), default="eager",
+                             help="inference: --model is a `python -m paddlemix.tools.export` directory")
+        command.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="inference backend only")
     zeroshot.add_argument("--labels", required=True, type=label_list, help='comma-separated, e.g. "cat,dog,bird"')
     zeroshot.add_argument("--templates", nargs="+", type=template, default=DEFAULT_TEMPLATES,
                           help="prompts with {} for the label; a label's embedding is the mean over them")

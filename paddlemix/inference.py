@@ -130,6 +130,10 @@ class InferenceModel(paddle.nn.Layer):
     def context_length(self) -> int:
         return self.config.text_cfg.context_length
 
+    def scale(self) -> paddle.Tensor:
+        """exp(logit_scale) [1] of the exported model."""
+        return paddle.to_tensor([self.encoders.description["logit_scale"]], dtype="float32")
+
     def text_fingerprint(self) -> str:
         """sha256 of the exported text encoder's weights (what a zero-shot classifier depends on)."""
         return hashlib.sha256((self.export_dir / (TEXT_ENCODER + ".pdiparams")).read_bytes()).hexdigest()
@@ -141,3 +145,16 @@ class InferenceModel(paddle.nn.Layer):
     def encode_text(self, input_ids: paddle.Tensor, normalize: bool = False) -> paddle.Tensor:
         features = paddle.to_tensor(self.encoders.encode_text(input_ids.numpy()))
         return paddle.nn.functional.normalize(features, axis=-1) if normalize else features
+
+
+def load_model(name_or_dir: str, backend: str = "eager", precision: str = "fp32"):
+    """The eager model (a registry name or model directory), or with backend 'inference' the model
+    exported to `name_or_dir` by `paddlemix.tools.export`, behind the same interface."""
+    if backend == "eager":
+        from .auto import AutoModel
+        from .models.registry import resolve_model_name
+
+        return AutoModel.from_pretrained(resolve_model_name(name_or_dir))
+    if backend == "inference":
+        return InferenceModel(name_or_dir, precision)
+    raise ValueError(f"--backend must be eager or inference, got {backend!r}")

@@ -154,3 +154,17 @@ def test_similarity_prints_the_matrix_and_writes_a_heat_map_of_its_shape(model_d
         width, height = heat_map.size
     assert height == CELL * (len(texts) + 1)  # a thumbnail row, then one row per text
     assert 0 < width - CELL * len(columns) < CELL  # the caption column, then one cell per image
+
+
+def test_zeroshot_runs_on_an_exported_model_like_the_eager_one(model_dir, image_dir, tmp_path, capsys):
+    from paddlemix import AutoModel
+    from paddlemix.tools.export import export
+
+    export(AutoModel.from_pretrained(str(model_dir)), tmp_path / "export")
+    args = ["zeroshot", "--images", str(image_dir), "--labels", "cat,dog,bird", "--top-k", "1"]
+    assert main([*args, "--model", str(model_dir)]) == 0
+    eager, _ = parse_zeroshot(capsys.readouterr().out)
+    assert main([*args, "--model", str(tmp_path / "export"), "--backend", "inference"]) == 0
+    inference, _ = parse_zeroshot(capsys.readouterr().out)
+    assert [[label for label, _ in entries] for entries in inference.values()] == \
+        [[label for label, _ in entries] for entries in eager.values()]

@@ -24,7 +24,9 @@ from ..data.coco import annotation_file, coco_root
 from ..models.state_dict import load_state_dict_strict
 from ..processors import image_transform
 from ..trainer.arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
-from ..trainer.run import check_platform, resolve_model_name
+from ..inference import load_model
+from ..models.registry import resolve_model_name
+from ..trainer.run import check_platform
 from ..utils.distributed import get_rank
 from ..utils.log import logger
 from .datasets import ClassificationSet, caption_set
@@ -127,17 +129,6 @@ def retrieval_set(spec: str, data_dir: Optional[str]):
     return path, image_root if image_root.is_dir() else path.parent
 
 
-def load_model(name_or_dir: str, eval_args: EvalArguments):
-    """The eager model, or the exported one behind the same interface (--backend inference)."""
-    if eval_args.backend == "eager":
-        return AutoModel.from_pretrained(resolve_model_name(name_or_dir))
-    if eval_args.backend == "inference":
-        from ..inference import InferenceModel
-
-        return InferenceModel(name_or_dir, eval_args.precision)
-    raise ValueError(f"--backend must be eager or inference, got {eval_args.backend!r}")
-
-
 def run_zero_shot_eval(argv: Optional[Sequence[str]] = None, default_model: Optional[str] = None) -> Dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if default_model and not any(a == "--model" or a.startswith("--model=") for a in argv):
@@ -146,7 +137,7 @@ def run_zero_shot_eval(argv: Optional[Sequence[str]] = None, default_model: Opti
         argv, (ModelArguments, DataArguments, CLIPTrainingArguments, EvalArguments))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     check_platform(args)
-    model = load_model(model_args.model, eval_args)
+    model = load_model(model_args.model, eval_args.backend, eval_args.precision)
     if model_args.pretrained_text_model:
         if eval_args.backend != "eager":
             raise ValueError("--pretrained_text_model needs --backend eager (an export holds its own text encoder)")

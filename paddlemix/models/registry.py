@@ -46,3 +46,12 @@ def config_file(name: str) -> Path:
         close = [known_name for known_name in known if name.split("/")[-1].lower() in known_name.lower()]
     hint = f" Closest registry names: {', '.join(close)}." if close else f" Registry names: {', '.join(known)}."
     raise UnknownModelError(f"'{name}' is neither a registry name nor a model directory.{hint}")
+
+
+def resolve_model_name(name: str) -> str:
+    """A directory or registry name as is; a bare architecture name (PaddleMIX's scripts pass
+    `--pretrained_text_model EVA02-CLIP-L-14`) as the one registry name that ends with it."""
+    if Path(name).expanduser().exists() or name in list_models():
+        return name
+    matches = [known for known in list_models() if known.endswith("/" + name)]
+    return matches[0] if len(matches) == 1 else name

@@ -7,7 +7,6 @@
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 import paddle
@@ -16,7 +15,7 @@ from .. import AutoConfig, AutoModel
 from ..data.coco import annotation_file, coco_root
 from ..data.datasets import build_dataset
 from ..evaluation.datasets import caption_set
-from ..models.registry import list_models
+from ..models.registry import resolve_model_name
 from ..models.state_dict import load_state_dict_strict
 from ..models.loss import ClipLoss
 from ..processors import image_transform
@@ -45,15 +44,6 @@ def check_platform(args: CLIPTrainingArguments) -> None:
         )
     if sharding and args.world_size == 1:
         warn_once(f"--sharding {sharding} has nothing to shard in a single process: ignored")
-
-
-def resolve_model_name(name: str) -> str:
-    """A directory or registry name as is; a bare architecture name (PaddleMIX's scripts pass
-    `--pretrained_text_model EVA02-CLIP-L-14`) as the one registry name that ends with it."""
-    if Path(name).expanduser().exists() or name in list_models():
-        return name
-    matches = [known for known in list_models() if known.endswith("/" + name)]
-    return matches[0] if len(matches) == 1 else name
 
 
 def build_model(model_args: ModelArguments, args: CLIPTrainingArguments):
