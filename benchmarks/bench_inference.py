@@ -27,11 +27,9 @@ its time is aten::copy_ inside the attention's bmm; with bf16 weights it reaches
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import paddle
@@ -40,6 +38,8 @@ from paddlemix import AutoConfig, AutoModel
 from paddlemix.inference import InferenceEncoders
 from paddlemix.models.registry import open_clip_name
 from paddlemix.tools.export import export
+
+from timing import median_rate
 
 # Runs in the open_clip interpreter: argv[1] is a JSON of model, batch, threads, steps, warmup.
 PEER_SCRIPT = """
@@ -67,15 +67,6 @@ results["bf16 weights"] = rate(False)
 print(json.dumps(results))
 """
 
-
-def median_rate(step, batch: int, steps: int, warmup: int) -> float:
-    times = []
-    for index in range(warmup + steps):
-        start = time.perf_counter()
-        step()
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
 
 
 def bench_paddle(args) -> dict:

@@ -15,11 +15,9 @@ interpreter (never at the same time), on its architecture of the same name.
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +26,10 @@ import paddle
 from paddlemix import AutoConfig, AutoModel
 from paddlemix.models.registry import open_clip_name
 
+from timing import median_rate
+
 REFERENCE_BENCH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openclip_bench.py"
 
-
-def median_rate(step, batch: int, steps: int, warmup: int) -> float:
-    times = []
-    for index in range(warmup + steps):
-        start = time.perf_counter()
-        step()
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
 
 
 def bench_paddlemix(args) -> dict:
