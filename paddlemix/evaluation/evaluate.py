@@ -26,7 +26,7 @@ from ..processors import image_transform
 from ..trainer.arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
 from ..inference import load_model
 from ..models.registry import resolve_model_name
-from ..trainer.run import check_platform
+from ..trainer.platform import check_platform
 from ..utils.distributed import get_rank
 from ..utils.log import logger
 from .datasets import ClassificationSet, caption_set

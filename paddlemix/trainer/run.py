@@ -5,7 +5,6 @@
 """
 
 import logging
-import os
 import sys
 from typing import Optional, Sequence
 
@@ -14,7 +13,6 @@ import paddle
 from .. import AutoConfig, AutoModel
 from ..data.coco import annotation_file, coco_root
 from ..data.datasets import build_dataset
-from ..evaluation.datasets import caption_set
 from ..models.registry import resolve_model_name
 from ..models.state_dict import load_state_dict_strict
 from ..models.loss import ClipLoss
@@ -22,28 +20,8 @@ from ..processors import image_transform
 from ..utils.log import logger, warn_once
 from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
 from .evaluation import TrainingEvaluation
+from .platform import check_platform
 from .trainer import CLIPTrainer, resolve_resume
-
-
-def check_platform(args: CLIPTrainingArguments) -> None:
-    """Refuse what this device cannot do, at start-up; say once what will silently not happen."""
-    on_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
-    if not on_gpu:
-        # Paddle runs one intra-op thread unless told otherwise; share the cores among the processes.
-        threads = max(1, (os.cpu_count() or 1) // max(1, args.world_size))
-        paddle.base.core.set_num_threads(threads)
-        logger.info("CPU training: %d threads per process", threads)
-    if not on_gpu and (args.fp16 or args.bf16):
-        warn_once("--fp16/--bf16 ask for AMP, which Paddle runs on GPUs only: this CPU run trains in float32")
-        args.fp16 = args.bf16 = False
-    sharding = args.requested_sharding
-    if not on_gpu and ("stage2" in sharding or "stage3" in sharding):
-        raise RuntimeError(
-            f"--sharding {sharding}: stage2/stage3 sharding runs on GPUs only (Paddle's CPU build has no "
-            "reduce_scatter for it). Use --sharding stage1, or plain data parallel (no --sharding), on CPU"
-        )
-    if sharding and args.world_size == 1:
-        warn_once(f"--sharding {sharding} has nothing to shard in a single process: ignored")
 
 
 def build_model(model_args: ModelArguments, args: CLIPTrainingArguments):
@@ -89,7 +67,7 @@ def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[s
     evaluation = None
     if data_args.classification_eval or retrieval:
         evaluation = TrainingEvaluation(data_args.classification_eval, retrieval, args.per_device_eval_batch_size,
-                                        context_length)
+                                        args.dataloader_num_workers, context_length)
     trainer = CLIPTrainer(model, args, dataset, context_length, evaluation)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume:
@@ -107,7 +85,7 @@ def validation_captions(data_args: DataArguments):
     """The val split for --do_eval retrieval: coco_clip's, or a coco_karpathy file's *_val.json sibling."""
     if data_args.task_name == "coco_clip":
         root = coco_root(data_args.data_dir)
-        return caption_set(annotation_file(root, "val"), root / "images")
+        return annotation_file(root, "val"), root / "images"
     warn_once(f"--do_eval: retrieval needs a val split, which --task_name {data_args.task_name} does not have")
     return None
 
