@@ -42,17 +42,19 @@ def run_to_end(args, timeout=240):
 
 
 def test_preempted_and_resumed_run_reproduces_the_uninterrupted_losses(setup, tmp_path):
+    # 30 quick steps: the SIGTERM sent after step 4 must land well before the run would end by itself
+    steps = ("--max_steps", "30")
     uninterrupted = tmp_path / "uninterrupted"
-    run_to_end(flags(setup, uninterrupted))
+    run_to_end(flags(setup, uninterrupted, *steps))
     expected = step_losses(uninterrupted)
-    assert sorted(expected) == list(range(1, 9))
+    assert sorted(expected) == list(range(1, 31))
     first = json.loads((uninterrupted / "results.jsonl").read_text().splitlines()[0])
     for key in ("loss", "logit_scale", "lr/visual.layer1", "lr/text.layer3", "interval_samples_per_second_per_device",
                 "interval_data_seconds", "interval_runtime"):
         assert key in first, f"results.jsonl lacks {key}"
 
     preempted = tmp_path / "preempted"
-    process = launch(flags(setup, preempted))
+    process = launch(flags(setup, preempted, *steps))
     deadline = time.time() + 180
     while len(step_losses(preempted)) < 4 and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -60,13 +62,13 @@ def test_preempted_and_resumed_run_reproduces_the_uninterrupted_losses(setup, tm
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output[-4000:]
     stopped_at = max(step_losses(preempted))
-    assert 4 <= stopped_at < 8, f"the SIGTERM should stop the run early (stopped at {stopped_at})"
+    assert 4 <= stopped_at < 30, f"the SIGTERM should stop the run early (stopped at {stopped_at})"
     assert (preempted / f"checkpoint-{stopped_at}" / COMPLETE_MARKER).is_file()
 
-    run_to_end(flags(setup, preempted, "--resume_from_checkpoint", "auto"))
+    run_to_end(flags(setup, preempted, *steps, "--resume_from_checkpoint", "auto"))
     resumed = step_losses(preempted)
-    assert sorted(resumed) == list(range(1, 9))
-    for step in range(1, 9):
+    assert sorted(resumed) == list(range(1, 31))
+    for step in range(1, 31):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), f"step {step}"
 
 
