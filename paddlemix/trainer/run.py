@@ -63,7 +63,7 @@ def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[s
     model = build_model(model_args, args)
     dataset = train_dataset(data_args, model, args)
     context_length = context_length_of(model, model_args)
-    retrieval = validation_captions(data_args) if args.do_eval else None
+    retrieval = validation_split(data_args) if args.do_eval else None
     evaluation = None
     if data_args.classification_eval or retrieval:
         evaluation = TrainingEvaluation(data_args.classification_eval, retrieval, args.per_device_eval_batch_size,
@@ -81,8 +81,8 @@ def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[s
     return trainer
 
 
-def validation_captions(data_args: DataArguments):
-    """The val split for --do_eval retrieval: coco_clip's, or a coco_karpathy file's *_val.json sibling."""
+def validation_split(data_args: DataArguments):
+    """(annotation, image root) of the val split for --do_eval retrieval: coco_clip has one, other sets none."""
     if data_args.task_name == "coco_clip":
         root = coco_root(data_args.data_dir)
         return annotation_file(root, "val"), root / "images"

@@ -3,7 +3,7 @@
     python paddlemix/examples/clip/run_similarity_demo.py                      # small random-init CLIP
     python paddlemix/examples/clip/run_similarity_demo.py --model ./ViT-B-32   # converted real weights
 
-The images are drawn in code (coloured shapes), so nothing is downloaded. With the default
+The images are drawn in code (the embedded set's coloured shapes), so nothing is downloaded. With the default
 random-init model the numbers show the pipeline working, not semantic matches; point --model at
 converted weights (python -m paddlemix.tools.convert) for meaningful ones.
 """
@@ -12,10 +12,11 @@ import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
 import paddle
-from PIL import Image, ImageDraw
 
 from paddlemix import AutoModel
+from paddlemix.data.synthetic import draw
 from paddlemix.evaluation.plots import save_similarity_heat_map
 from paddlemix.models import CLIPConfig, TextConfig, VisionConfig
 from paddlemix.processors import CLIPProcessor
@@ -29,20 +30,6 @@ DEMO_CONFIG = CLIPConfig(
     text_cfg=TextConfig(context_length=77, vocab_size=49408, width=256, heads=4, layers=4),
 )
 SHAPES = [("red", "circle"), ("green", "square"), ("blue", "triangle"), ("yellow", "circle")]
-COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40)}
-
-
-def draw_shape(colour: str, shape: str, size: int = 256) -> Image.Image:
-    image = Image.new("RGB", (size, size), (245, 245, 245))
-    draw = ImageDraw.Draw(image)
-    box = (size // 5, size // 5, size * 4 // 5, size * 4 // 5)
-    if shape == "circle":
-        draw.ellipse(box, fill=COLOURS[colour])
-    elif shape == "square":
-        draw.rectangle(box, fill=COLOURS[colour])
-    else:
-        draw.polygon([(size // 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=COLOURS[colour])
-    return image
 
 
 def main(argv=None) -> None:
@@ -57,7 +44,8 @@ def main(argv=None) -> None:
     model = AutoModel.from_pretrained(args.model) if args.model else AutoModel.from_config(DEMO_CONFIG)
     model.eval()
     processor = CLIPProcessor.from_config(model.config)
-    images = [draw_shape(colour, shape) for colour, shape in SHAPES]
+    rng = np.random.default_rng(args.seed)
+    images = [draw(colour, shape, "top left", rng, size=256) for colour, shape in SHAPES]
     captions = [f"a {colour} {shape}" for colour, shape in SHAPES]
     inputs = processor(images=images, text=captions)
     with paddle.no_grad():
