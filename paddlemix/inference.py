@@ -57,6 +57,9 @@ def _config(prefix: Path, precision: str, threads: int) -> paddle_infer.Config:
     return config
 
 
+CHUNK_ROWS = 64
+
+
 class _Encoder:
     """One exported program behind a predictor: numpy batch in, numpy features out."""
 
@@ -67,11 +70,16 @@ class _Encoder:
         self.dtype = dtype
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=self.dtype)
-        self.input.reshape(batch.shape)
-        self.input.copy_from_cpu(batch)
-        self.predictor.run()
-        return self.output.copy_to_cpu()
+        """Rows in chunks of at most CHUNK_ROWS: oneDNN runs large batches slower per row (CLIP's text
+        encoder in bf16: 57 texts/s at 800 rows, 130 at 80)."""
+        outputs = []
+        for start in range(0, len(batch), CHUNK_ROWS):
+            chunk = np.ascontiguousarray(batch[start:start + CHUNK_ROWS], dtype=self.dtype)
+            self.input.reshape(chunk.shape)
+            self.input.copy_from_cpu(chunk)
+            self.predictor.run()
+            outputs.append(self.output.copy_to_cpu())
+        return np.concatenate(outputs)
 
 
 class InferenceEncoders:
@@ -118,11 +126,12 @@ class InferenceModel(paddle.nn.Layer):
 
     def __init__(self, export_dir: Union[str, Path], precision: str = "fp32", threads: Optional[int] = None):
         super().__init__()
-        from .models.configuration import CLIPConfig
+        from .auto import MODEL_TYPES
 
         self.export_dir = Path(export_dir)
         self.encoders = InferenceEncoders(export_dir, precision, threads)
-        self.config = CLIPConfig.from_dict(self.encoders.description["model_config"], where=str(self.export_dir))
+        values = self.encoders.description["model_config"]
+        self.config = MODEL_TYPES[values["model_type"]][0].from_dict(values, where=str(self.export_dir))
         size = self.config.vision_cfg.image_size
         self.visual = types.SimpleNamespace(image_size=tuple(size) if isinstance(size, (list, tuple)) else (size, size))
 
