@@ -5,14 +5,19 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple, Type, Union
 
 from .models.clip import CLIP
-from .models.configuration import CONFIG_NAME, CLIPConfig
+from .models.coca import CoCa
+from .models.configuration import CONFIG_NAME, CLIPConfig, CoCaConfig
 from .models.hub import WEIGHTS_NAME, cached_weights_file
 from .models.registry import config_file
 from .processors.processor import CLIPProcessor
 
 # model_type (in config.json) -> (config class, model class). Families register here.
 # EVA-CLIP is CLIP with EVA vision-tower options switched on: the same classes serve it.
-MODEL_TYPES: Dict[str, Tuple[Type, Type]] = {"clip": (CLIPConfig, CLIP), "evaclip": (CLIPConfig, CLIP)}
+MODEL_TYPES: Dict[str, Tuple[Type, Type]] = {
+    "clip": (CLIPConfig, CLIP),
+    "evaclip": (CLIPConfig, CLIP),
+    "coca": (CoCaConfig, CoCa),
+}
 
 
 def _load_config(path: Path):

@@ -1,9 +1,12 @@
-"""Command-line tools on a CLIP-family model: zero-shot labels for images, an image-text similarity map.
+"""Command-line tools on a CLIP-family model: zero-shot labels for images, an image-text similarity
+map, and captions (CoCa).
 
     python -m paddlemix.cli zeroshot --model paddlemix/CLIP/ViT-B-32 --images photos/ cat.jpg \\
         --labels "cat,dog,bird" [--templates "a photo of a {}." ...] [--top-k 5] [--batch-size 32]
     python -m paddlemix.cli similarity --model ./ViT-B-32 --images photos/ \\
         --texts "a cat" "a dog" [--output similarity.png] [--batch-size 32]
+    python -m paddlemix.cli caption --model ./CoCa-ViT-B-32 --images photos/ --output captions.jsonl \\
+        [--generation-type beam_search|top_k|top_p] [--seq-len 30] [--num-beams 6] [--seed 0] ...
 
 `--model` is a registry name or a model directory (config.json + model_state.pdparams). `--images`
 takes files and directories (each directory's image files, by suffix, sorted by name). Unreadable
@@ -12,6 +15,7 @@ to stderr; the exit code is 1 when the model or the images cannot be used.
 """
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -23,6 +27,7 @@ import paddle.nn.functional as F
 from PIL import Image
 
 from .inference import load_model
+from .models.coca import GenerationConfig, decode_captions
 from .data.samples import BadSample, load_image_file
 from .evaluation.plots import save_similarity_heat_map
 from .evaluation.zero_shot import build_zero_shot_classifier, evaluation_mode
@@ -131,6 +136,41 @@ def run_similarity(args: argparse.Namespace) -> int:
     return report_summary(len(kept_paths), skipped, "compared")
 
 
+def run_caption(args: argparse.Namespace) -> int:
+    """One JSON line {"image": path, "caption": text} per readable image, in --output and on stdout.
+    The lines go to OUTPUT.partial as they are made, renamed to OUTPUT when every image is done."""
+    paths = image_paths(args.images)
+    model = load_model(args.model)
+    if not hasattr(model, "generate"):
+        raise ValueError(f"--model {args.model} is a {model.config.model_type} model, which cannot write captions; "
+                         "give a CoCa model (e.g. paddlemix/CoCa/mscoco_finetuned_CoCa-ViT-B-32-laion2B-s13B-b90k)")
+    options = {name: getattr(args, name) for name in GENERATION_OPTIONS}
+    processor = CLIPProcessor.from_config(model.config)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.output.with_name(args.output.name + ".partial")
+    captioned = skipped = 0
+    with open(partial, "w", encoding="utf-8") as handle:
+        for batch_paths, images, batch_skipped in readable_batches(paths, args.batch_size):
+            skipped += batch_skipped
+            if not images:
+                continue
+            tokens = model.generate(processor(images=images)["image"], **options)
+            for path, caption in zip(batch_paths, decode_captions(tokens)):
+                line = json.dumps({"image": str(path), "caption": caption}, ensure_ascii=False)
+                print(line)
+                handle.write(line + "\n")
+            handle.flush()
+            captioned += len(images)
+    partial.replace(args.output)
+    logger.info("captions written to %s", args.output.resolve())
+    return report_summary(captioned, skipped, "captioned")
+
+
+# caption flags that are GenerationConfig fields, as `--seq-len` -> seq_len
+GENERATION_OPTIONS = ("generation_type", "seq_len", "min_seq_len", "num_beams", "num_beam_groups", "top_k", "top_p",
+                      "temperature", "repetition_penalty", "seed")
+
+
 def positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -158,18 +198,42 @@ def non_empty_text(value: str) -> str:
     return value
 
 
+def add_generation_flags(caption: argparse.ArgumentParser) -> None:
+    defaults = GenerationConfig()
+    caption.add_argument("--output", type=Path, default=Path("captions.jsonl"), help="JSON lines file to write")
+    caption.add_argument("--generation-type", choices=("beam_search", "top_k", "top_p"), default=defaults.generation_type,
+                         help="beam search (deterministic) or top-k / top-p sampling (seeded by --seed)")
+    caption.add_argument("--seq-len", type=positive_int, default=defaults.seq_len,
+                         help="maximum caption length in tokens, <start_of_text> included")
+    caption.add_argument("--min-seq-len", type=positive_int, default=defaults.min_seq_len,
+                         help="no <end_of_text> before this many tokens")
+    caption.add_argument("--num-beams", type=positive_int, default=defaults.num_beams)
+    caption.add_argument("--num-beam-groups", type=positive_int, default=defaults.num_beam_groups,
+                         help="beam groups searched side by side (must divide --num-beams)")
+    caption.add_argument("--top-k", type=positive_int, default=defaults.top_k, help="top_k sampling: tokens kept")
+    caption.add_argument("--top-p", type=float, default=defaults.top_p, help="top_p sampling: probability mass kept")
+    caption.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature")
+    caption.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty,
+                         help="> 1 discourages tokens already in the caption")
+    caption.add_argument("--seed", type=int, default=0, help="sampling seed (the same seed gives the same captions)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m paddlemix.cli", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     zeroshot = commands.add_parser("zeroshot", help="top-k zero-shot labels for each image")
     similarity = commands.add_parser("similarity", help="image x text cosine similarity, printed and as a heat map")
-    for command in (zeroshot, similarity):
+    caption = commands.add_parser("caption", help="captions of images (CoCa models), as JSON lines")
+    for command in (zeroshot, similarity, caption):
         command.add_argument("--model", required=True, help="registry name (paddlemix/CLIP/ViT-B-32) or model dir")
         command.add_argument("--images", required=True, nargs="+", help="image files and directories of images")
-        command.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
+        command.add_argument("--batch-size", type=positive_int, default=32 if command is not caption else 8,
+                             help="images per forward pass")
+    for command in (zeroshot, similarity):
         command.add_argument("--backend", choices=("eager", "inference"), default="eager",
                              help="inference: --model is a `python -m paddlemix.tools.export` directory")
         command.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="inference backend only")
+    add_generation_flags(caption)
     zeroshot.add_argument("--labels", required=True, type=label_list, help='comma-separated, e.g. "cat,dog,bird"')
     zeroshot.add_argument("--templates", nargs="+", type=template, default=DEFAULT_TEMPLATES,
                           help="prompts with {} for the label; a label's embedding is the mean over them")
@@ -182,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run = run_zeroshot if args.command == "zeroshot" else run_similarity
+    run = {"zeroshot": run_zeroshot, "similarity": run_similarity, "caption": run_caption}[args.command]
     try:
         return run(args)
     except (OSError, ValueError) as err:

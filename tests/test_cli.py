@@ -1,5 +1,7 @@
 """`python -m paddlemix.cli`: zero-shot labels and the similarity map equal a direct computation with the model."""
 
+import json
+
 import numpy as np
 import paddle
 import pytest
@@ -168,3 +170,44 @@ def test_zeroshot_runs_on_an_exported_model_like_the_eager_one(model_dir, image_
     inference, _ = parse_zeroshot(capsys.readouterr().out)
     assert [[label for label, _ in entries] for entries in inference.values()] == \
         [[label for label, _ in entries] for entries in eager.values()]
+
+
+@pytest.fixture(scope="module")
+def coca_dir(tmp_path_factory):
+    """A tiny random CoCa with the real vocabulary, saved with save_pretrained."""
+    from paddlemix.models.configuration import CoCaConfig, MultimodalConfig
+
+    paddle.seed(0)
+    vision = VisionConfig(image_size=32, patch_size=8, width=32, head_width=16, layers=1, attentional_pool=True,
+                          attn_pooler_heads=2, attn_pooler_queries=4)
+    text = TextConfig(context_length=20, vocab_size=49408, width=16, heads=2, layers=1, embed_cls=True)
+    decoder = MultimodalConfig(context_length=20, vocab_size=49408, width=16, heads=2, layers=1)
+    directory = tmp_path_factory.mktemp("coca")
+    AutoModel.from_config(CoCaConfig(embed_dim=16, vision_cfg=vision, text_cfg=text, multimodal_cfg=decoder)) \
+        .save_pretrained(directory)
+    return directory
+
+
+def test_caption_writes_one_json_line_per_readable_image_as_generate_decodes(coca_dir, image_dir, tmp_path, capsys):
+    from paddlemix.models.coca import decode_captions
+
+    output = tmp_path / "out" / "captions.jsonl"
+    exit_code = main(["caption", "--model", str(coca_dir), "--images", str(image_dir), "--output", str(output),
+                      "--seq-len", "8", "--min-seq-len", "2", "--num-beams", "4", "--num-beam-groups", "2"])
+    assert exit_code == 0
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    paths = readable_paths(image_dir)
+    assert [record["image"] for record in records] == [str(path) for path in paths]
+    model = AutoModel.from_pretrained(coca_dir)
+    images = CLIPProcessor.from_config(model.config)(images=[Image.open(path) for path in paths])["image"]
+    expected = decode_captions(model.generate(images, seq_len=8, min_seq_len=2, num_beams=4, num_beam_groups=2))
+    assert [record["caption"] for record in records] == expected
+    assert "3 images captioned, 1 unreadable skipped" in capsys.readouterr().out
+    assert not output.with_name("captions.jsonl.partial").exists()
+
+
+def test_caption_refuses_a_model_that_cannot_write_captions(model_dir, image_dir, tmp_path, caplog):
+    exit_code = main(["caption", "--model", str(model_dir), "--images", str(image_dir),
+                      "--output", str(tmp_path / "c.jsonl")])
+    assert exit_code == 1
+    assert "cannot write captions" in caplog.text

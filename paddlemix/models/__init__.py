@@ -1,7 +1,8 @@
 """Model families, their shared layers, configs, registry and losses."""
 
 from .clip import CLIP
-from .configuration import CLIPConfig, TextConfig, VisionConfig
+from .coca import CoCa, CoCaLoss
+from .configuration import CLIPConfig, CoCaConfig, MultimodalConfig, TextConfig, VisionConfig
 from .loss import ClipLoss
 from .modeling_utils import parameter_count
 from .registry import UnknownModelError, list_models
@@ -10,6 +11,10 @@ __all__ = [
     "CLIP",
     "CLIPConfig",
     "ClipLoss",
+    "CoCa",
+    "CoCaConfig",
+    "CoCaLoss",
+    "MultimodalConfig",
     "TextConfig",
     "UnknownModelError",
     "VisionConfig",

@@ -16,7 +16,7 @@ import numpy as np
 State = Dict[str, np.ndarray]
 
 # Buffers the models rebuild themselves; checkpoints may carry them.
-REBUILT_BUFFERS = re.compile(r"(?:visual\.|text\.)?attn_mask|visual\.(?:trunk\.)?rope\..*")
+REBUILT_BUFFERS = re.compile(r"(?:visual\.|text\.|text_decoder\.)?attn_mask|visual\.(?:trunk\.)?rope\..*")
 # Keys of 2-D tensors that are not torch Linear weights (kept as they are).
 NOT_LINEAR = {"text.token_embedding.weight"}
 
@@ -99,9 +99,35 @@ def _is_swiglu_block(state: State, key: str) -> bool:
     return block is not None and f"{block.group(1)}.mlp.fc1_g.weight" in state
 
 
+def _split_cross_attention(state: State) -> State:
+    """CoCa's cross-attentions (torch nn.MultiheadAttention) -> paddlemix's q_proj + kv_proj (k|v).
+
+    The decoder's have a packed in_proj [3w, w]; the attentional pooler's, whose keys and values
+    come from a wider context, separate q/k/v_proj_weight and one packed in_proj_bias.
+    """
+    out = {}
+    for key, value in state.items():
+        cross = re.fullmatch(r"(text_decoder\.cross_attn\.\d+\.attn|visual\.attn_pool\.attn)\.(\w+)", key)
+        if cross is None:
+            out[key] = value
+            continue
+        module, name = cross.groups()
+        if name in ("in_proj_weight", "in_proj_bias"):
+            kind = name[len("in_proj_"):]
+            width = value.shape[0] // 3
+            out[f"{module}.q_proj.{kind}"], out[f"{module}.kv_proj.{kind}"] = value[:width], value[width:]
+        elif name == "q_proj_weight":
+            out[f"{module}.q_proj.weight"] = value
+        elif name == "k_proj_weight":
+            out[f"{module}.kv_proj.weight"] = np.concatenate([value, state[f"{module}.v_proj_weight"]], axis=0)
+        elif name != "v_proj_weight":
+            out[key] = value
+    return out
+
+
 def rename_open_clip(state: State) -> State:
-    """open_clip CLIP / CustomTextCLIP, with an OpenAI ViT or a timm EVA trunk."""
-    state = _strip_wrappers(state)
+    """open_clip CLIP / CustomTextCLIP / CoCa, with an OpenAI ViT or a timm EVA trunk."""
+    state = _split_cross_attention(_strip_wrappers(state))
     out = {}
     for key, value in state.items():
         new_key = _rename(key, OPEN_CLIP_RENAMES)

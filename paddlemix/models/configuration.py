@@ -60,6 +60,11 @@ class VisionConfig:
     postnorm: bool = False  # residual post-norm blocks: x + ln(attn(x)) (EVA02-CLIP-bigE)
     xattn: bool = False  # fused attention kernel where the device has one (same result as the fallback)
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly to this rate in the last block
+    # ---- CoCa: attentional pooling of the tokens into `attn_pooler_queries` embed_dim-wide queries;
+    # the first query is the contrastive embedding, the others are the captioning decoder's image tokens
+    attentional_pool: bool = False
+    attn_pooler_queries: int = 256
+    attn_pooler_heads: int = 8
 
     @property
     def heads(self) -> int:
@@ -80,6 +85,24 @@ class TextConfig:
     pool_type: str = "argmax"  # 'argmax' (EOT has the highest id), 'first', 'last'
     proj_bias: bool = False
     xattn: bool = False  # fused attention kernel where the device has one (same result as the fallback)
+    # CoCa: a learned CLS token appended after the text, whose output is the text embedding (any
+    # pool_type is then ignored); pad tokens (`pad_id`) are masked as keys, as in open_clip's CoCa
+    embed_cls: bool = False
+    pad_id: int = 0
+
+
+@dataclass
+class MultimodalConfig:
+    """CoCa's captioning decoder: causal self-attention + cross-attention to the image tokens per layer."""
+
+    context_length: int = 76
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+    ls_init_value: Optional[float] = None
+    attn_pooler_heads: int = 8  # (open_clip's config carries it; the image tower's attn_pooler_heads is used)
 
 
 @dataclass
@@ -101,11 +124,19 @@ class CLIPConfig:
     @classmethod
     def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "CLIPConfig":
         values = dict(values)
-        vision = _from_dict(VisionConfig, values.pop("vision_cfg", {}), f"{where}: vision_cfg")
-        text = _from_dict(TextConfig, values.pop("text_cfg", {}), f"{where}: text_cfg")
+        towers = {
+            name: _from_dict(field_type, values.pop(name, {}), f"{where}: {name}")
+            for name, field_type in cls.tower_configs().items()
+        }
         config = _from_dict(cls, values, where)
-        config.vision_cfg, config.text_cfg = vision, text
+        for name, tower in towers.items():
+            setattr(config, name, tower)
         return config
+
+    @classmethod
+    def tower_configs(cls) -> Dict[str, type]:
+        """Nested config fields and their dataclasses."""
+        return {"vision_cfg": VisionConfig, "text_cfg": TextConfig}
 
     @classmethod
     def from_json_file(cls, path: Union[str, Path]) -> "CLIPConfig":
@@ -125,3 +156,16 @@ class CLIPConfig:
         path = directory / CONFIG_NAME
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+
+@dataclass
+class CoCaConfig(CLIPConfig):
+    """CoCa (Yu et al. 2022) as in open_clip: CLIP towers with attentional pooling and an embedded
+    CLS token, plus the captioning decoder."""
+
+    multimodal_cfg: MultimodalConfig = field(default_factory=MultimodalConfig)
+    model_type: str = "coca"
+
+    @classmethod
+    def tower_configs(cls) -> Dict[str, type]:
+        return {**super().tower_configs(), "multimodal_cfg": MultimodalConfig}

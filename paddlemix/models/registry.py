@@ -15,6 +15,10 @@ OPEN_CLIP_EQUIVALENTS = {
     "paddlemix/EVA/EVA02-CLIP-L-14-336": "EVA02-L-14-336",
     "paddlemix/EVA/EVA02-CLIP-bigE-14": "EVA02-E-14",
     "paddlemix/EVA/EVA02-CLIP-bigE-14-plus": "EVA02-E-14-plus",
+    "paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k": "coca_ViT-B-32",
+    "paddlemix/CoCa/mscoco_finetuned_CoCa-ViT-B-32-laion2B-s13B-b90k": "coca_ViT-B-32",
+    "paddlemix/CoCa/CoCa-ViT-L-14-laion2B-s13B-b90k": "coca_ViT-L-14",
+    "paddlemix/CoCa/mscoco_finetuned_CoCa-ViT-L-14-laion2B-s13B-b90k": "coca_ViT-L-14",
 }
 
 

@@ -23,7 +23,7 @@ from typing import Dict
 import numpy as np
 import paddle
 
-from ..auto import AutoConfig, AutoModel
+from ..auto import MODEL_TYPES, AutoConfig, AutoModel
 from ..models.clip.towers import resample_positional_embedding
 from ..models.configuration import CLIPConfig
 from ..models.modeling_utils import parameter_count
@@ -53,13 +53,24 @@ def read_checkpoint(path: Path) -> Dict[str, np.ndarray]:
     )
 
 
+# open_clip config keys that describe its module layout, not the architecture (paddlemix always
+# nests the text tower under `text.` and its towers always return their tokens to whoever asks)
+OPEN_CLIP_LAYOUT_KEYS = {"": ("custom_text",), "vision_cfg": ("output_tokens",), "text_cfg": ("output_tokens",)}
+
+
 def read_model_config(model: str) -> CLIPConfig:
     """A registry name, a paddlemix config.json, or an open_clip model config JSON."""
     path = Path(model)
     if path.suffix == ".json" and path.is_file():
         values = json.loads(path.read_text())
-        values.setdefault("model_type", "clip")
-        config = CLIPConfig.from_dict(values, where=str(path))
+        if "model_type" not in values:  # open_clip's: a decoder config makes it CoCa
+            values["model_type"] = "coca" if "multimodal_cfg" in values else "clip"
+            for section, keys in OPEN_CLIP_LAYOUT_KEYS.items():
+                for key in keys:
+                    (values.get(section, {}) if section else values).pop(key, None)
+        if values["model_type"] not in MODEL_TYPES:
+            raise ValueError(f"{path}: unknown model_type {values['model_type']!r}; known: {', '.join(MODEL_TYPES)}")
+        config = MODEL_TYPES[values["model_type"]][0].from_dict(values, where=str(path))
         config.name = path.stem
         return config
     return AutoConfig.from_pretrained(model)

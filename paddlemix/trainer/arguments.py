@@ -29,8 +29,12 @@ class ModelArguments:
     context_length: Optional[int] = field(default=None, metadata={"help": "text tokens (default: the model's)"})
     lock_image: bool = field(default=False, metadata={"help": "freeze the image tower (LiT)"})
     lock_text: bool = field(default=False, metadata={"help": "freeze the text tower"})
-    coca_caption_loss_weight: float = field(default=2.0, metadata={"help": "CoCa: weight of the captioning loss"})
-    coca_contrastive_loss_weight: float = field(default=1.0, metadata={"help": "CoCa: weight of the contrastive loss"})
+    coca_caption_loss_weight: Optional[float] = field(
+        default=None, metadata={"help": "CoCa: weight of the captioning loss (default 2.0; CoCa models only)"}
+    )
+    coca_contrastive_loss_weight: Optional[float] = field(
+        default=None, metadata={"help": "CoCa: weight of the contrastive loss (default 1.0; CoCa models only)"}
+    )
 
 
 @dataclass

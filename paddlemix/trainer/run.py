@@ -15,6 +15,7 @@ from ..data.coco import annotation_file, coco_root
 from ..data.datasets import build_dataset
 from ..models.registry import resolve_model_name
 from ..models.state_dict import load_state_dict_strict
+from ..models.coca import CoCa, CoCaLoss
 from ..models.loss import ClipLoss
 from ..processors import image_transform
 from ..utils.log import logger, warn_once
@@ -40,8 +41,25 @@ def build_model(model_args: ModelArguments, args: CLIPTrainingArguments):
             for param in getattr(model, tower).parameters():
                 param.stop_gradient = True
     model.set_recompute(args.recompute)
-    model.set_loss(ClipLoss(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad))
+    model.set_loss(build_loss(model, model_args, args))
     return model
+
+
+def build_loss(model, model_args: ModelArguments, args: CLIPTrainingArguments):
+    """ClipLoss, or for CoCa CoCaLoss around it with the --coca_*_loss_weight flags."""
+    clip_loss = ClipLoss(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad)
+    weights = {"caption": model_args.coca_caption_loss_weight, "contrastive": model_args.coca_contrastive_loss_weight}
+    if not isinstance(model, CoCa):
+        given = [f"--coca_{name}_loss_weight" for name, weight in weights.items() if weight is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only CoCa models have a caption loss; --model "
+                             f"{model_args.model} is a {model.config.model_type} model")
+        return clip_loss
+    return CoCaLoss(
+        caption_weight=2.0 if weights["caption"] is None else weights["caption"],
+        contrastive_weight=1.0 if weights["contrastive"] is None else weights["contrastive"],
+        pad_id=model.pad_id, clip_loss=clip_loss,
+    )
 
 
 def context_length_of(model, model_args: ModelArguments) -> int:

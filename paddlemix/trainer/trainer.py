@@ -161,14 +161,22 @@ class CLIPTrainer(Trainer):
         return self._accumulated_backward(model, batches)
 
     def _accumulated_backward(self, model, batches):
-        """Contrastive loss of all micro-batches as one batch (open_clip's accum_freq): every
-        micro-batch's features first without gradient, then each micro-batch recomputed with
-        gradient in turn among the others' cached features. The negatives are those of the large
-        batch, and the gradients sum to its gradient; logit_scale keeps its gradient in one pass
-        only (open_clip counts it N times)."""
+        """The loss of all micro-batches as one batch (open_clip's accum_freq): every micro-batch's
+        features first without gradient, then each micro-batch recomputed with gradient in turn among
+        the others' cached features. The contrastive negatives are those of the large batch, and the
+        gradients sum to its gradient; logit_scale keeps its gradient in one pass only (open_clip
+        counts it N times). Per-token losses (CoCa's captions) are averaged over the large batch's
+        tokens, so the micro-batches' shares add up to it exactly."""
+        batch_input_ids = paddle.concat([b["input_ids"] for b in batches])
+        cached, token_losses = [], []
         with paddle.no_grad(), self.autocast_smart_context_manager():
-            cached = [model(image=b["image"], input_ids=b["input_ids"], return_loss=False) for b in batches]
-            loss = self.model.loss_fn(*self._joined(cached, None, None), cached[0]["logit_scale"])
+            for batch in batches:
+                out = model(image=batch["image"], input_ids=batch["input_ids"], return_loss=False)
+                parts = self.model.loss_parts(out, batch_input_ids)
+                token_losses.extend(value for name, value in parts.items() if name != "contrastive_loss")
+                cached.append({key: out[key] for key in ("image_features", "text_features", "logit_scale")})
+            contrastive = self.model.contrastive_loss(*self._joined(cached, None, None), cached[0]["logit_scale"])
+            loss = paddle.add_n([part for part in (contrastive, *token_losses) if part is not None])
         if self._skip_nonfinite(loss):
             return paddle.zeros([])
         last = len(batches) - 1
@@ -176,7 +184,9 @@ class CLIPTrainer(Trainer):
             with self.autocast_smart_context_manager():
                 fresh = model(image=batch["image"], input_ids=batch["input_ids"], return_loss=False)
                 scale = fresh["logit_scale"] if index == last else fresh["logit_scale"].detach()
-                micro_loss = self.model.loss_fn(*self._joined(cached, index, fresh), scale)
+                image_features, text_features = self._joined(cached, index, fresh)
+                joined = dict(fresh, image_features=image_features, text_features=text_features, logit_scale=scale)
+                micro_loss = paddle.add_n(list(self.model.loss_parts(joined, batch_input_ids).values()))
             sync = model.no_sync() if index < last and hasattr(model, "no_sync") else contextlib.nullcontext()
             with sync:  # DataParallel reduces the gradients once, after the last pass
                 micro_loss.backward()

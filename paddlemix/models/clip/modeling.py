@@ -75,7 +75,17 @@ class CLIP(PretrainedMixin, nn.Layer):
         if input_ids is not None:
             outputs["text_features"] = self.encode_text(input_ids, normalize=True)
         if return_loss and image is not None and input_ids is not None:
-            if self.loss_fn is None:
-                self.loss_fn = ClipLoss()
-            outputs["loss"] = self.loss_fn(outputs["image_features"], outputs["text_features"], outputs["logit_scale"])
+            outputs["loss"] = self.loss_parts(outputs)["contrastive_loss"]
         return outputs
+
+    def contrastive_loss(self, image_features, text_features, logit_scale) -> Optional[paddle.Tensor]:
+        """The (weighted) contrastive loss of normalised features; None where its weight is 0."""
+        if self.loss_fn is None:
+            self.loss_fn = ClipLoss()
+        return self.loss_fn(image_features, text_features, logit_scale)
+
+    def loss_parts(self, outputs: Dict[str, paddle.Tensor], batch_input_ids: Optional[paddle.Tensor] = None):
+        """The losses of forward's `outputs`, by name; they sum to the training loss. (CLIP's one
+        loss compares the features it is given, whatever batch `batch_input_ids` describes.)"""
+        return {"contrastive_loss": self.contrastive_loss(outputs["image_features"], outputs["text_features"],
+                                                          outputs["logit_scale"])}

@@ -9,7 +9,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..configuration import TextConfig, VisionConfig
-from ..layers import BlockOptions, Transformer, rope_rotations, rope_sin_cos
+from ..layers import AttentionalPooler, BlockOptions, Transformer, rope_rotations, rope_sin_cos
 from ..layers.parallel import vocab_embedding
 
 Normal = nn.initializer.Normal
@@ -96,8 +96,17 @@ class VisionTransformer(nn.Layer):
         self.transformer = Transformer(
             width, cfg.layers, cfg.heads, vision_block_options(cfg, quick_gelu, tensor_parallel_degree), cfg.drop_path_rate
         )
-        self.ln_post = nn.LayerNorm(width, epsilon=cfg.norm_eps)
-        self.proj = self.create_parameter([width, output_dim], default_initializer=Normal(std=scale))
+        pool_width = width
+        if cfg.attentional_pool and cfg.final_ln_after_pool:
+            raise ValueError("vision_cfg: final_ln_after_pool does not apply with attentional_pool (ln_post always "
+                             "normalises the pooled queries, as in open_clip's CoCa); unset one of them")
+        if cfg.attentional_pool:  # CoCa: the queries, not the tokens, are layer-normed, pooled and projected
+            self.attn_pool = AttentionalPooler(output_dim, width, cfg.attn_pooler_heads, cfg.attn_pooler_queries)
+            pool_width = output_dim
+        else:
+            self.attn_pool = None
+        self.ln_post = nn.LayerNorm(pool_width, epsilon=cfg.norm_eps)
+        self.proj = self.create_parameter([pool_width, output_dim], default_initializer=Normal(std=scale))
         if cfg.proj_bias:
             self.proj_bias = self.create_parameter([output_dim], default_initializer=nn.initializer.Constant(0.0))
         else:
@@ -105,6 +114,11 @@ class VisionTransformer(nn.Layer):
 
     def forward(self, image: paddle.Tensor) -> paddle.Tensor:
         """image: [batch, 3, H, W] normalised float -> pooled features [batch, output_dim]."""
+        return self.forward_with_tokens(image)[0]
+
+    def forward_with_tokens(self, image: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """image -> (pooled features [batch, output_dim], the other output tokens after ln_post):
+        with attentional pooling, the captioning queries [batch, queries - 1, output_dim]."""
         x = self.conv1(image).flatten(2).transpose([0, 2, 1])  # [batch, grid*grid, width]
         cls = self.class_embedding.astype(x.dtype).expand([x.shape[0], 1, x.shape[-1]])
         x = paddle.concat([cls, x], axis=1) + self.positional_embedding.astype(x.dtype)
@@ -114,19 +128,28 @@ class VisionTransformer(nn.Layer):
             if rope is not None:  # each sample keeps the rotations of its own kept tokens
                 rope = paddle.gather(rope, kept_tokens.flatten()).reshape([*kept_tokens.shape, *rope.shape[1:]])
         x = self.transformer(self.ln_pre(x), rope=rope)
+        if self.attn_pool is not None:
+            x = self.attn_pool(x)
         if self.final_ln_after_pool:
-            pooled = self.ln_post(self._pool(x))
+            pooled, tokens = self._pool(x)
+            pooled = self.ln_post(pooled)
         else:
-            pooled = self._pool(self.ln_post(x))
+            pooled, tokens = self._pool(self.ln_post(x))
         pooled = pooled @ self.proj
-        return pooled if self.proj_bias is None else pooled + self.proj_bias
+        return (pooled if self.proj_bias is None else pooled + self.proj_bias), tokens
 
-    def _pool(self, x: paddle.Tensor) -> paddle.Tensor:
-        return x[:, 1:].mean(axis=1) if self.pool_type == "avg" else x[:, 0]
+    def _pool(self, x: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        tokens = x[:, 1:]
+        return (tokens.mean(axis=1) if self.pool_type == "avg" else x[:, 0]), tokens
 
 
 class TextTransformer(nn.Layer):
-    """Token + positional embedding, causal pre-LN blocks, ln_final, EOT pooling, projection."""
+    """Token + positional embedding, causal pre-LN blocks, ln_final, EOT pooling, projection.
+
+    With `embed_cls` (CoCa) a learned CLS token follows the text and its output is the embedding;
+    keys are then masked where the token before them is padding, exactly as open_clip's CoCa
+    weights were trained (its "legacy" CLS mask, which lags the padding by one position).
+    """
 
     def __init__(self, cfg: TextConfig, output_dim: int, quick_gelu: bool = False, tensor_parallel_degree: int = 1):
         super().__init__()
@@ -135,11 +158,16 @@ class TextTransformer(nn.Layer):
         self.context_length = cfg.context_length
         self.vocab_size = cfg.vocab_size
         self.pool_type = cfg.pool_type
+        self.pad_id = cfg.pad_id
         width = cfg.width
 
         self.token_embedding = vocab_embedding(cfg.vocab_size, width, tensor_parallel_degree)
+        if cfg.embed_cls:
+            self.cls_emb = self.create_parameter([width], default_initializer=Normal(std=0.01))
+        else:
+            self.cls_emb = None
         self.positional_embedding = self.create_parameter(
-            [cfg.context_length, width], default_initializer=Normal(std=0.01)
+            [cfg.context_length + int(cfg.embed_cls), width], default_initializer=Normal(std=0.01)
         )
         options = BlockOptions(
             cfg.mlp_ratio, cfg.ls_init_value, quick_gelu, xattn=cfg.xattn, tensor_parallel_degree=tensor_parallel_degree
@@ -168,17 +196,46 @@ class TextTransformer(nn.Layer):
         """[length, length] additive mask: -inf above the diagonal."""
         return paddle.triu(paddle.full([length, length], float("-inf"), dtype=dtype), diagonal=1)
 
-    def forward(self, input_ids: paddle.Tensor) -> paddle.Tensor:
-        """input_ids: [batch, length] int64 (length <= context_length) -> [batch, output_dim]."""
-        length = input_ids.shape[1]
+    def key_padding_mask(self, input_ids: paddle.Tensor, dtype) -> paddle.Tensor:
+        """[batch, 1, 1, length + 1] additive mask of the CLS-token layout: key j is masked (-inf) when
+        token j - 1 is padding; key 0 never is (open_clip's mask for its CoCa weights)."""
+        valid = paddle.concat([paddle.ones([input_ids.shape[0], 1], dtype="bool"), input_ids != self.pad_id], axis=1)
+        mask = paddle.where(valid, paddle.zeros([], dtype), paddle.full([], float("-inf"), dtype))
+        return mask.unsqueeze([1, 2])
+
+    def _check_length(self, length: int) -> None:
         if length > self.context_length:
             raise ValueError(
                 f"text of {length} tokens is longer than the model's context_length {self.context_length}; "
                 "tokenize with context_length=model.context_length"
             )
-        x = self.token_embedding(input_ids) + self.positional_embedding[:length]
-        x = self.transformer(x, attn_mask=self.causal_mask(length, x.dtype))
-        x = self.ln_final(x)
+
+    def forward(self, input_ids: paddle.Tensor) -> paddle.Tensor:
+        """input_ids: [batch, length] int64 (length <= context_length) -> [batch, output_dim]."""
+        return self.forward_with_tokens(input_ids)[0]
+
+    def forward_with_tokens(self, input_ids: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """input_ids -> (features [batch, output_dim], token states [batch, length, width]): with a CLS
+        token, the states before ln_final (what CoCa's decoder reads), else after it."""
+        length = input_ids.shape[1]
+        self._check_length(length)
+        x = self.token_embedding(input_ids)
+        if self.cls_emb is None:
+            x = self.transformer(x + self.positional_embedding[:length], attn_mask=self.causal_mask(length, x.dtype))
+            x = self.ln_final(x)
+            return self._project(self._pool(x, input_ids)), x
+        cls = self.cls_emb.astype(x.dtype).expand([x.shape[0], 1, x.shape[-1]])
+        x = paddle.concat([x, cls], axis=1) + self.positional_embedding[: length + 1]
+        mask = self.causal_mask(length + 1, x.dtype) + self.key_padding_mask(input_ids, x.dtype)
+        x = self.transformer(x, attn_mask=mask)
+        return self._project(self.ln_final(x[:, -1])), x[:, :-1]
+
+    def _project(self, pooled: paddle.Tensor) -> paddle.Tensor:
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(pooled)
+        return pooled @ self.text_projection
+
+    def _pool(self, x: paddle.Tensor, input_ids: paddle.Tensor) -> paddle.Tensor:
         if self.pool_type == "argmax":  # EOT has the highest id in the vocabulary
             pooled = paddle.take_along_axis(x, input_ids.argmax(axis=-1).reshape([-1, 1, 1]), axis=1, broadcast=True)
             pooled = pooled.squeeze(1)
@@ -186,6 +243,16 @@ class TextTransformer(nn.Layer):
             pooled = x[:, 0]
         else:
             pooled = x[:, -1]
-        if isinstance(self.text_projection, nn.Linear):
-            return self.text_projection(pooled)
-        return pooled @ self.text_projection
+        return pooled
+
+    def token_states_step(self, input_ids: paddle.Tensor, start: int, caches, key_mask: paddle.Tensor):
+        """Token states before ln_final (what CoCa's decoder reads) of positions start.. of
+        `input_ids` [batch, length], the earlier positions' keys and values read from `caches` (one
+        KVCache per block, extended here): incremental decoding. key_mask: [batch, 1, 1, length]
+        additive mask of the keys (the CLS layout's padding mask, or zeros). The appended CLS token
+        is left out: causal attention never lets a text token see it."""
+        length = input_ids.shape[1]
+        self._check_length(length)
+        x = self.token_embedding(input_ids[:, start:]) + self.positional_embedding[start:length]
+        mask = self.causal_mask(length, x.dtype)[start:] + key_mask
+        return self.transformer(x, attn_mask=mask, caches=caches)

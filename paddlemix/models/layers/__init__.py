@@ -1,13 +1,18 @@
 """Reusable building blocks: attention, MLP, the transformer block and its stack."""
 
-from .attention import Attention, scaled_dot_product_attention
+from .attention import Attention, CrossAttention, KVCache, scaled_dot_product_attention
+from .pooling import AttentionalPooler
 from .mlp import Mlp, QuickGELU, SwiGLU, activation_layer
 from .rope import apply_rope, rope_rotations, rope_sin_cos
-from .transformer import BlockOptions, LayerScale, ResidualAttentionBlock, Transformer
+from .transformer import BlockOptions, CrossAttentionBlock, LayerScale, ResidualAttentionBlock, Transformer, run_block
 
 __all__ = [
     "Attention",
+    "AttentionalPooler",
     "BlockOptions",
+    "CrossAttention",
+    "CrossAttentionBlock",
+    "KVCache",
     "LayerScale",
     "Mlp",
     "QuickGELU",
@@ -18,5 +23,6 @@ __all__ = [
     "apply_rope",
     "rope_rotations",
     "rope_sin_cos",
+    "run_block",
     "scaled_dot_product_attention",
 ]

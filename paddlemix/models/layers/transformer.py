@@ -5,13 +5,13 @@ biases, layer scale, post-norm or stochastic depth switched on.
 """
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import paddle
 import paddle.nn as nn
 from paddle.distributed.fleet.utils import recompute
 
-from .attention import Attention
+from .attention import Attention, CrossAttention, KVCache
 from .drop_path import DropPath, drop_path_rates
 from .mlp import Mlp, SwiGLU
 
@@ -68,13 +68,42 @@ class ResidualAttentionBlock(nn.Layer):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, x: paddle.Tensor, attn_mask: Optional[paddle.Tensor] = None, rope: Optional[paddle.Tensor] = None
+        self,
+        x: paddle.Tensor,
+        attn_mask: Optional[paddle.Tensor] = None,
+        rope: Optional[paddle.Tensor] = None,
+        cache: Optional[KVCache] = None,
     ) -> paddle.Tensor:
         if self.postnorm:
-            x = x + self.drop_path(self.ls_1(self.ln_1(self.attn(x, attn_mask, rope))))
+            x = x + self.drop_path(self.ls_1(self.ln_1(self.attn(x, attn_mask, rope, cache))))
             return x + self.drop_path(self.ls_2(self.ln_2(self.mlp(x))))
-        x = x + self.drop_path(self.ls_1(self.attn(self.ln_1(x), attn_mask, rope)))
+        x = x + self.drop_path(self.ls_1(self.attn(self.ln_1(x), attn_mask, rope, cache)))
         return x + self.drop_path(self.ls_2(self.mlp(self.ln_2(x))))
+
+
+class CrossAttentionBlock(nn.Layer):
+    """x + attn(ln_1(x), ln_1_kv(context)), then x + mlp(ln_2(x)): open_clip's cross-attention
+    residual block (CoCa's decoder)."""
+
+    def __init__(self, width: int, heads: int, options: BlockOptions = BlockOptions()):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width, epsilon=options.norm_eps)
+        self.ln_1_kv = nn.LayerNorm(width, epsilon=options.norm_eps)
+        self.attn = CrossAttention(width, heads, width)
+        self.ln_2 = nn.LayerNorm(width, epsilon=options.norm_eps)
+        self.mlp = Mlp(width, int(width * options.mlp_ratio), options.quick_gelu, norm_eps=options.norm_eps)
+        with_scale = options.ls_init_value is not None
+        self.ls_1 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
+        self.ls_2 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
+
+    def context_kv(self, context: paddle.Tensor):
+        """Keys and values of the context (computed once per image when decoding token by token)."""
+        return self.attn.context_kv(self.ln_1_kv(context))
+
+    def forward(self, x: paddle.Tensor, context: paddle.Tensor = None, context_kv=None) -> paddle.Tensor:
+        key, value = self.context_kv(context) if context_kv is None else context_kv
+        x = x + self.ls_1(self.attn(self.ln_1(x), key, value))
+        return x + self.ls_2(self.mlp(self.ln_2(x)))
 
 
 class Transformer(nn.Layer):
@@ -97,13 +126,21 @@ class Transformer(nn.Layer):
         )
 
     def forward(
-        self, x: paddle.Tensor, attn_mask: Optional[paddle.Tensor] = None, rope: Optional[paddle.Tensor] = None
+        self,
+        x: paddle.Tensor,
+        attn_mask: Optional[paddle.Tensor] = None,
+        rope: Optional[paddle.Tensor] = None,
+        caches: Optional[List[KVCache]] = None,
     ) -> paddle.Tensor:
-        """x: [batch, tokens, width] -> same shape."""
-        for block in self.resblocks:
-            if self.recompute and self.training:
-                # use_reentrant=False: the reentrant variant silently drops these blocks' gradients
-                x = recompute(block, x, attn_mask, rope, use_reentrant=False)
-            else:
-                x = block(x, attn_mask, rope)
+        """x: [batch, tokens, width] -> same shape. caches: one KVCache per block (decoding)."""
+        for index, block in enumerate(self.resblocks):
+            x = run_block(self, block, x, attn_mask, rope, None if caches is None else caches[index])
         return x
+
+
+def run_block(owner: nn.Layer, block: nn.Layer, *inputs):
+    """block(*inputs), with its activations recomputed in backward when `owner.recompute` is set."""
+    if owner.recompute and owner.training:
+        # use_reentrant=False: the reentrant variant silently drops these blocks' gradients
+        return recompute(block, *inputs, use_reentrant=False)
+    return block(*inputs)

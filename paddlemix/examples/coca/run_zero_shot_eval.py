@@ -1,0 +1,11 @@
+"""CoCa zero-shot evaluation: the shared evaluator (paddlemix.evaluation.evaluate),
+paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k by default.
+
+    python paddlemix/examples/coca/run_zero_shot_eval.py --model paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k \\
+        --classification_eval IN_1K_DIR --retrieval_eval coco --per_device_eval_batch_size 64 --output_dir OUT
+"""
+
+from paddlemix.evaluation.evaluate import run_zero_shot_eval
+
+if __name__ == "__main__":
+    run_zero_shot_eval(default_model="paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k")

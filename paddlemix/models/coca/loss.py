@@ -1,0 +1,50 @@
+"""CoCa's loss: the contrastive ClipLoss plus the captioning cross-entropy, each weighted."""
+
+from typing import Dict, Optional
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..loss import ClipLoss
+
+
+class CoCaLoss(nn.Layer):
+    """`contrastive_weight` x ClipLoss (with its local_loss / gather_with_grad options) and
+    `caption_weight` x the token cross-entropy of the caption logits, padding (`pad_id`) ignored
+    (open_clip's CoCaLoss; `--coca_contrastive_loss_weight`, `--coca_caption_loss_weight`)."""
+
+    def __init__(self, caption_weight: float = 2.0, contrastive_weight: float = 1.0, pad_id: int = 0,
+                 clip_loss: Optional[ClipLoss] = None):
+        super().__init__()
+        self.caption_weight = caption_weight
+        self.contrastive_weight = contrastive_weight
+        self.pad_id = pad_id
+        self.clip_loss = clip_loss or ClipLoss()
+
+    def forward(
+        self,
+        image_features: paddle.Tensor,
+        text_features: paddle.Tensor,
+        logit_scale: paddle.Tensor,
+        logits: paddle.Tensor,
+        labels: paddle.Tensor,
+        caption_tokens: Optional[int] = None,
+    ) -> Dict[str, paddle.Tensor]:
+        """{"contrastive_loss", "caption_loss"}, each already weighted.
+
+        logits [batch, length, vocab] and labels [batch, length] of this batch. caption_tokens: the
+        number of non-pad labels the cross-entropy is averaged over; by default those in `labels`.
+        A micro-batch of a larger batch (gradient accumulation) passes the larger batch's count, so
+        the micro-batches' caption losses sum to the larger batch's.
+        """
+        parts = {}
+        if self.contrastive_weight:
+            parts["contrastive_loss"] = self.contrastive_weight * self.clip_loss(image_features, text_features,
+                                                                                logit_scale)
+        token_losses = F.cross_entropy(logits.astype("float32"), labels.unsqueeze(-1), ignore_index=self.pad_id,
+                                       reduction="sum")
+        if caption_tokens is None:
+            caption_tokens = int((labels != self.pad_id).sum())
+        parts["caption_loss"] = self.caption_weight * token_losses / max(caption_tokens, 1)
+        return parts

@@ -1,0 +1,158 @@
+"""CoCa (Yu et al. 2022, "Contrastive Captioners") as in open_clip: CLIP's towers with attentional
+pooling and an appended CLS token, plus a captioning decoder that reads the image tokens."""
+
+from typing import Dict, List, Optional
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from ...processors.tokenizer import get_default_tokenizer
+from ..clip.modeling import CLIP
+from ..configuration import CoCaConfig
+from ..layers import KVCache
+from .decoder import MultimodalDecoder
+from .generation import GenerationConfig, generate_tokens
+from .loss import CoCaLoss
+
+
+class CoCa(CLIP):
+    """`model(image=..., input_ids=...)` returns CLIP's outputs plus the caption `logits` [batch,
+    length - 1, vocab] of teacher forcing (position i predicts token i + 1, the `labels`), and with
+    `return_loss` the weighted `contrastive_loss`, `caption_loss` and their sum `loss`.
+    `generate(image)` writes captions (beam search or sampling, see GenerationConfig)."""
+
+    config_class = CoCaConfig
+
+    def __init__(self, config: CoCaConfig):
+        if config.tensor_parallel_degree > 1:
+            raise ValueError(
+                f"--tensor_parallel_degree {config.tensor_parallel_degree}: CoCa's decoder and attentional pooler "
+                "have no tensor-parallel layout; train CoCa with data parallelism and --sharding instead"
+            )
+        super().__init__(config)
+        vision, decoder = config.vision_cfg, config.multimodal_cfg
+        token_width = config.embed_dim if vision.attentional_pool else vision.width
+        if token_width != decoder.width:
+            raise ValueError(
+                f"{config.name or 'CoCa config'}: the decoder's width ({decoder.width}, multimodal_cfg.width) must "
+                f"equal the width of the image tokens it reads ({token_width})"
+            )
+        if config.text_cfg.width != decoder.width:
+            raise ValueError(f"text_cfg.width {config.text_cfg.width} must equal multimodal_cfg.width {decoder.width}")
+        self.text_decoder = MultimodalDecoder(decoder, config.quick_gelu)
+        self.loss_fn: Optional[CoCaLoss] = None
+
+    @property
+    def pad_id(self) -> int:
+        return self.config.text_cfg.pad_id
+
+    def set_recompute(self, enable: bool = True) -> None:
+        super().set_recompute(enable)
+        self.text_decoder.recompute = enable
+
+    def set_loss(self, loss_fn: CoCaLoss) -> None:
+        self.loss_fn = loss_fn
+
+    def forward(
+        self,
+        image: Optional[paddle.Tensor] = None,
+        input_ids: Optional[paddle.Tensor] = None,
+        return_loss: bool = True,
+    ) -> Dict[str, paddle.Tensor]:
+        outputs = {"logit_scale": self.scale()}
+        if image is not None:
+            image_features, image_tokens = self.visual.forward_with_tokens(image)
+            outputs["image_features"] = F.normalize(image_features, axis=-1)
+        if input_ids is not None:
+            text_features, text_states = self.text.forward_with_tokens(input_ids)
+            outputs["text_features"] = F.normalize(text_features, axis=-1)
+        if image is not None and input_ids is not None:
+            outputs["logits"] = self.text_decoder(image_tokens, text_states[:, :-1])
+            outputs["labels"] = input_ids[:, 1:]
+            if return_loss:
+                parts = self.loss_parts(outputs)
+                outputs.update(parts, loss=paddle.add_n(list(parts.values())))
+        return outputs
+
+    def contrastive_loss(self, image_features, text_features, logit_scale) -> Optional[paddle.Tensor]:
+        loss_fn = self._loss()
+        if not loss_fn.contrastive_weight:
+            return None
+        return loss_fn.contrastive_weight * loss_fn.clip_loss(image_features, text_features, logit_scale)
+
+    def loss_parts(self, outputs: Dict[str, paddle.Tensor], batch_input_ids: Optional[paddle.Tensor] = None):
+        """The weighted losses of `outputs`; `batch_input_ids`: the whole batch these outputs are a
+        micro-batch of (gradient accumulation), whose caption tokens the cross-entropy is averaged over."""
+        tokens = None if batch_input_ids is None else int((batch_input_ids[:, 1:] != self.pad_id).sum())
+        return self._loss()(outputs["image_features"], outputs["text_features"], outputs["logit_scale"],
+                            outputs["logits"], outputs["labels"], caption_tokens=tokens)
+
+    def _loss(self) -> CoCaLoss:
+        if self.loss_fn is None:
+            self.loss_fn = CoCaLoss(pad_id=self.pad_id)
+        return self.loss_fn
+
+    @paddle.no_grad()
+    def generate(self, image: paddle.Tensor, text: Optional[paddle.Tensor] = None, **options) -> paddle.Tensor:
+        """Caption token ids [batch, length] (int64, <start_of_text> first, padded with `pad_id`) of
+        normalised images [batch, 3, H, W]. options: GenerationConfig's fields (beam search by default,
+        as open_clip); `text`: a prompt [batch, length] to continue (sampling only)."""
+        options.setdefault("pad_token_id", self.pad_id)
+        config = GenerationConfig(**options)
+        if config.seq_len > self.context_length:
+            raise ValueError(f"seq_len {config.seq_len} exceeds the model's context_length {self.context_length}")
+        was_training = self.training
+        self.eval()
+        try:
+            _, image_tokens = self.visual.forward_with_tokens(image)
+            beams = config.num_beams if config.generation_type == "beam_search" else 1
+            state = _DecodingState(self, image_tokens, beams)
+            prompt = None if text is None else np.asarray(text.numpy() if isinstance(text, paddle.Tensor) else text)
+            tokens = generate_tokens(state.step, image.shape[0], config, prompt=prompt)
+        finally:
+            self.train(was_training)
+        return paddle.to_tensor(tokens, dtype="int64")
+
+
+def decode_captions(token_ids) -> List[str]:
+    """Text of each row of `generate`'s output: <start_of_text> and everything from <end_of_text> on dropped."""
+    tokenizer = get_default_tokenizer()
+    rows = token_ids.numpy() if isinstance(token_ids, paddle.Tensor) else np.asarray(token_ids)
+    return [tokenizer.decode(row).strip() for row in rows]
+
+
+class _DecodingState:
+    """The step function of `generate_tokens` for one batch of images: key/value caches of the text
+    tower and the decoder, and the image tokens' keys and values, computed once per image."""
+
+    def __init__(self, model: CoCa, image_tokens: paddle.Tensor, beams: int):
+        self.model = model
+        self.images = image_tokens.shape[0]
+        self.beams = beams
+        self.text_caches = [KVCache() for _ in model.text.transformer.resblocks]
+        self.decoder_caches = [KVCache() for _ in model.text_decoder.resblocks]
+        self.image_kv = model.text_decoder.image_kv(image_tokens)
+        self.length = 0
+
+    def step(self, input_ids: np.ndarray, reorder: Optional[np.ndarray]) -> np.ndarray:
+        if reorder is not None:
+            rows = np.arange(len(reorder))
+            if not np.array_equal(reorder // self.beams, rows // self.beams):
+                raise RuntimeError("beam search moved a sequence to another image's beams")
+            reorder = paddle.to_tensor(reorder, dtype="int64")
+            for cache in self.text_caches + self.decoder_caches:
+                cache.reorder(reorder)
+        text = self.model.text
+        ids = paddle.to_tensor(input_ids, dtype="int64")
+        dtype = text.positional_embedding.dtype
+        if text.cls_emb is not None:
+            key_mask = text.key_padding_mask(ids, dtype)[..., : ids.shape[1]]
+        else:
+            key_mask = paddle.zeros([1, 1, 1, ids.shape[1]], dtype)
+        states = text.token_states_step(ids, self.length, self.text_caches, key_mask)
+        logits = self.model.text_decoder.next_token_logits(
+            states, self.length, self.decoder_caches, self.image_kv, images=self.images
+        )
+        self.length = ids.shape[1]
+        return logits.astype("float32").numpy()
