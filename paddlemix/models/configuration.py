@@ -102,7 +102,6 @@ class MultimodalConfig:
     layers: int = 12
     mlp_ratio: float = 4.0
     ls_init_value: Optional[float] = None
-    attn_pooler_heads: int = 8  # (open_clip's config carries it; the image tower's attn_pooler_heads is used)
 
 
 @dataclass

@@ -53,9 +53,11 @@ def read_checkpoint(path: Path) -> Dict[str, np.ndarray]:
     )
 
 
-# open_clip config keys that describe its module layout, not the architecture (paddlemix always
-# nests the text tower under `text.` and its towers always return their tokens to whoever asks)
-OPEN_CLIP_LAYOUT_KEYS = {"": ("custom_text",), "vision_cfg": ("output_tokens",), "text_cfg": ("output_tokens",)}
+# open_clip config keys that do not change the architecture: its module layout (paddlemix always
+# nests the text tower under `text.`, and its towers return their tokens to whoever asks) and
+# multimodal_cfg.attn_pooler_heads, which open_clip's CoCa never reads (the image tower's is used)
+OPEN_CLIP_IGNORED_KEYS = {"": ("custom_text",), "vision_cfg": ("output_tokens",), "text_cfg": ("output_tokens",),
+                          "multimodal_cfg": ("attn_pooler_heads",)}
 
 
 def read_model_config(model: str) -> CLIPConfig:
@@ -65,7 +67,7 @@ def read_model_config(model: str) -> CLIPConfig:
         values = json.loads(path.read_text())
         if "model_type" not in values:  # open_clip's: a decoder config makes it CoCa
             values["model_type"] = "coca" if "multimodal_cfg" in values else "clip"
-            for section, keys in OPEN_CLIP_LAYOUT_KEYS.items():
+            for section, keys in OPEN_CLIP_IGNORED_KEYS.items():
                 for key in keys:
                     (values.get(section, {}) if section else values).pop(key, None)
         if values["model_type"] not in MODEL_TYPES:
