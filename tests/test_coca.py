@@ -88,6 +88,12 @@ def test_generation_longer_than_the_context_is_refused(converted):
         model.generate(paddle.to_tensor(reference["image"]), seq_len=CONTEXT_LENGTH + 1)
 
 
+def test_token_ids_outside_the_vocabulary_are_refused(converted):
+    model, reference = converted
+    with pytest.raises(ValueError, match="sot_token_id=49406 is outside the model's vocabulary of 64"):
+        model.generate(paddle.to_tensor(reference["image"]), seq_len=8)
+
+
 def test_recompute_gives_the_same_gradients(converted):
     model, reference = converted
     image, text = paddle.to_tensor(reference["image"]), paddle.to_tensor(reference["text"])

@@ -102,6 +102,11 @@ class CoCa(CLIP):
         config = GenerationConfig(**options)
         if config.seq_len > self.context_length:
             raise ValueError(f"seq_len {config.seq_len} exceeds the model's context_length {self.context_length}")
+        vocab_size = self.config.multimodal_cfg.vocab_size
+        for name in ("sot_token_id", "eos_token_id", "pad_token_id"):
+            if not 0 <= getattr(config, name) < vocab_size:
+                raise ValueError(f"{name}={getattr(config, name)} is outside the model's vocabulary of {vocab_size} "
+                                 "tokens; pass the ids of its own tokenizer")
         was_training = self.training
         self.eval()
         try:
