@@ -60,6 +60,7 @@ class VisionConfig:
     postnorm: bool = False  # residual post-norm blocks: x + ln(attn(x)) (EVA02-CLIP-bigE)
     xattn: bool = False  # fused attention kernel where the device has one (same result as the fallback)
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly to this rate in the last block
+    fusedLN: bool = False  # LayerNorms by paddlemix's fused_ln op where it can run (paddlemix.external_ops)
     # ---- CoCa: attentional pooling of the tokens into `attn_pooler_queries` embed_dim-wide queries;
     # the first query is the contrastive embedding, the others are the captioning decoder's image tokens
     attentional_pool: bool = False
@@ -85,6 +86,7 @@ class TextConfig:
     pool_type: str = "argmax"  # 'argmax' (EOT has the highest id), 'first', 'last'
     proj_bias: bool = False
     xattn: bool = False  # fused attention kernel where the device has one (same result as the fallback)
+    fusedLN: bool = False  # LayerNorms by paddlemix's fused_ln op where it can run (paddlemix.external_ops)
     # CoCa: a learned CLS token appended after the text, whose output is the text embedding (any
     # pool_type is then ignored); pad tokens (`pad_id`) are masked as keys, as in open_clip's CoCa
     embed_cls: bool = False
@@ -102,6 +104,7 @@ class MultimodalConfig:
     layers: int = 12
     mlp_ratio: float = 4.0
     ls_init_value: Optional[float] = None
+    fusedLN: bool = False  # LayerNorms by paddlemix's fused_ln op where it can run (paddlemix.external_ops)
 
 
 @dataclass

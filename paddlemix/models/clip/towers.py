@@ -10,6 +10,7 @@ import paddle.nn.functional as F
 
 from ..configuration import TextConfig, VisionConfig
 from ..layers import AttentionalPooler, BlockOptions, Transformer, rope_rotations, rope_sin_cos
+from ..layers.norm import layer_norm
 from ..layers.parallel import vocab_embedding
 
 Normal = nn.initializer.Normal
@@ -58,6 +59,7 @@ def vision_block_options(cfg: VisionConfig, quick_gelu: bool, tensor_parallel_de
         postnorm=cfg.postnorm,
         norm_eps=cfg.norm_eps,
         xattn=cfg.xattn,
+        fused_ln=cfg.fusedLN,
         tensor_parallel_degree=tensor_parallel_degree,
     )
 
@@ -92,7 +94,7 @@ class VisionTransformer(nn.Layer):
             self.register_buffer("rope", paddle.to_tensor(rope_rotations(sin_cos)), persistable=False)
         else:
             self.rope = None
-        self.ln_pre = nn.Identity() if cfg.no_ln_pre else nn.LayerNorm(width, epsilon=cfg.norm_eps)
+        self.ln_pre = nn.Identity() if cfg.no_ln_pre else layer_norm(width, cfg.norm_eps, cfg.fusedLN)
         self.transformer = Transformer(
             width, cfg.layers, cfg.heads, vision_block_options(cfg, quick_gelu, tensor_parallel_degree), cfg.drop_path_rate
         )
@@ -101,11 +103,12 @@ class VisionTransformer(nn.Layer):
             raise ValueError("vision_cfg: final_ln_after_pool does not apply with attentional_pool (ln_post always "
                              "normalises the pooled queries, as in open_clip's CoCa); unset one of them")
         if cfg.attentional_pool:  # CoCa: the queries, not the tokens, are layer-normed, pooled and projected
-            self.attn_pool = AttentionalPooler(output_dim, width, cfg.attn_pooler_heads, cfg.attn_pooler_queries)
+            self.attn_pool = AttentionalPooler(output_dim, width, cfg.attn_pooler_heads, cfg.attn_pooler_queries,
+                                              cfg.fusedLN)
             pool_width = output_dim
         else:
             self.attn_pool = None
-        self.ln_post = nn.LayerNorm(pool_width, epsilon=cfg.norm_eps)
+        self.ln_post = layer_norm(pool_width, cfg.norm_eps, cfg.fusedLN)
         self.proj = self.create_parameter([pool_width, output_dim], default_initializer=Normal(std=scale))
         if cfg.proj_bias:
             self.proj_bias = self.create_parameter([output_dim], default_initializer=nn.initializer.Constant(0.0))
@@ -170,10 +173,11 @@ class TextTransformer(nn.Layer):
             [cfg.context_length + int(cfg.embed_cls), width], default_initializer=Normal(std=0.01)
         )
         options = BlockOptions(
-            cfg.mlp_ratio, cfg.ls_init_value, quick_gelu, xattn=cfg.xattn, tensor_parallel_degree=tensor_parallel_degree
+            cfg.mlp_ratio, cfg.ls_init_value, quick_gelu, xattn=cfg.xattn, fused_ln=cfg.fusedLN,
+            tensor_parallel_degree=tensor_parallel_degree,
         )
         self.transformer = Transformer(width, cfg.layers, cfg.heads, options)
-        self.ln_final = nn.LayerNorm(width, epsilon=1e-5)
+        self.ln_final = layer_norm(width, 1e-5, cfg.fusedLN)
         if cfg.proj_bias:
             self.text_projection = nn.Linear(width, output_dim)
         else:

@@ -8,6 +8,7 @@ import paddle
 import paddle.nn as nn
 
 from ..configuration import MultimodalConfig
+from ..layers.norm import layer_norm
 from ..layers import BlockOptions, CrossAttentionBlock, KVCache, ResidualAttentionBlock, run_block
 
 Normal = nn.initializer.Normal
@@ -24,10 +25,10 @@ class MultimodalDecoder(nn.Layer):
         self.context_length = cfg.context_length
         self.width = cfg.width
         self.recompute = False
-        options = BlockOptions(cfg.mlp_ratio, cfg.ls_init_value, quick_gelu)
+        options = BlockOptions(cfg.mlp_ratio, cfg.ls_init_value, quick_gelu, fused_ln=cfg.fusedLN)
         self.resblocks = nn.LayerList([ResidualAttentionBlock(cfg.width, cfg.heads, options) for _ in range(cfg.layers)])
         self.cross_attn = nn.LayerList([CrossAttentionBlock(cfg.width, cfg.heads, options) for _ in range(cfg.layers)])
-        self.ln_final = nn.LayerNorm(cfg.width, epsilon=1e-5)
+        self.ln_final = layer_norm(cfg.width, 1e-5, cfg.fusedLN)
         self.text_projection = self.create_parameter(
             [cfg.width, cfg.vocab_size], default_initializer=Normal(std=cfg.width**-0.5)
         )

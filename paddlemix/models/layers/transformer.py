@@ -14,6 +14,7 @@ from paddle.distributed.fleet.utils import recompute
 from .attention import Attention, CrossAttention, KVCache
 from .drop_path import DropPath, drop_path_rates
 from .mlp import Mlp, SwiGLU
+from .norm import layer_norm
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class BlockOptions:
     postnorm: bool = False  # x + ln(f(x)) instead of x + f(ln(x))
     norm_eps: float = 1e-5
     xattn: bool = False
+    fused_ln: bool = False  # the block's LayerNorms by paddlemix's fused_ln op (see layers.norm)
     tensor_parallel_degree: int = 1  # see layers.parallel
 
 
@@ -49,10 +51,10 @@ class ResidualAttentionBlock(nn.Layer):
     def __init__(self, width: int, heads: int, options: BlockOptions = BlockOptions(), drop_path: float = 0.0):
         super().__init__()
         self.postnorm = options.postnorm
-        self.ln_1 = nn.LayerNorm(width, epsilon=options.norm_eps)
+        self.ln_1 = layer_norm(width, options.norm_eps, options.fused_ln)
         degree = options.tensor_parallel_degree
         self.attn = Attention(width, heads, options.attn_bias, options.subln, options.norm_eps, options.xattn, degree)
-        self.ln_2 = nn.LayerNorm(width, epsilon=options.norm_eps)
+        self.ln_2 = layer_norm(width, options.norm_eps, options.fused_ln)
         hidden = int(width * options.mlp_ratio)
         if hidden % degree or heads % degree:
             raise ValueError(
@@ -87,10 +89,10 @@ class CrossAttentionBlock(nn.Layer):
 
     def __init__(self, width: int, heads: int, options: BlockOptions = BlockOptions()):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(width, epsilon=options.norm_eps)
-        self.ln_1_kv = nn.LayerNorm(width, epsilon=options.norm_eps)
+        self.ln_1 = layer_norm(width, options.norm_eps, options.fused_ln)
+        self.ln_1_kv = layer_norm(width, options.norm_eps, options.fused_ln)
         self.attn = CrossAttention(width, heads, width)
-        self.ln_2 = nn.LayerNorm(width, epsilon=options.norm_eps)
+        self.ln_2 = layer_norm(width, options.norm_eps, options.fused_ln)
         self.mlp = Mlp(width, int(width * options.mlp_ratio), options.quick_gelu, norm_eps=options.norm_eps)
         with_scale = options.ls_init_value is not None
         self.ls_1 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
