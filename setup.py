@@ -26,6 +26,7 @@ setup(
             "processors/*.txt.gz",
             "processors/LICENSE*",
             "evaluation/*.txt",
+            "external_ops/csrc/*.cc",
         ]
     },
     install_requires=read_requirements(),
