@@ -2,9 +2,6 @@
 equal to the larger batch for the caption loss too."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import paddle
@@ -15,7 +12,7 @@ from paddlemix.models.loss import ClipLoss
 from paddlemix.trainer.arguments import parse_arguments
 from paddlemix.trainer.run import build_model
 
-from trainer_helpers import REPO_ROOT, flags
+from trainer_helpers import REPO_ROOT, flags, run_to_end, step_losses
 
 SCRIPT = REPO_ROOT / "paddlemix" / "examples" / "coca" / "run_pretrain_dist.py"
 TINY_COCA = {
@@ -39,26 +36,14 @@ def coca_flags(setup, output_dir, *extra):
     return args
 
 
-def run_to_end(args, timeout=300):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
-    process = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, timeout=timeout)
-    assert process.returncode == 0, process.stdout[-4000:]
-
-
-def step_losses(output_dir):
-    records = [json.loads(line) for line in (output_dir / "results.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
-
-
 def test_gradient_accumulation_trains_like_the_larger_batch(coca_setup, tmp_path):
     """2 micro-batches of 8 reach the parameters of batches of 16: contrastive negatives from the whole
     batch, and the caption cross-entropy averaged over the whole batch's tokens (micro-batches hold
     different numbers of caption tokens, so averaging the micro-batch means would differ)."""
     steps = ["--max_steps", "4", "--adam_epsilon", "1e-4", "--save_steps", "1000"]
-    run_to_end(coca_flags(coca_setup, tmp_path / "large", *steps))
+    run_to_end(coca_flags(coca_setup, tmp_path / "large", *steps), 300, SCRIPT)
     run_to_end(coca_flags(coca_setup, tmp_path / "accumulated", *steps, "--per_device_train_batch_size", "8",
-                          "--gradient_accumulation_steps", "2"))
+                          "--gradient_accumulation_steps", "2"), 300, SCRIPT)
     large = paddle.load(str(tmp_path / "large" / "model_state.pdparams"))
     accumulated = paddle.load(str(tmp_path / "accumulated" / "model_state.pdparams"))
     assert any(key.startswith("text_decoder.") for key in large)

@@ -3,12 +3,8 @@ atomic checkpoints, and a preempted-then-resumed run that reproduces the uninter
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import paddle
@@ -18,28 +14,7 @@ from paddlemix.trainer.arguments import parse_arguments
 from paddlemix.trainer.run import build_model, check_platform
 from paddlemix.trainer.trainer import COMPLETE_MARKER, resolve_resume
 
-from trainer_helpers import REPO_ROOT, SCRIPT, flags
-
-def launch(args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
-    return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def step_losses(output_dir: Path) -> dict:
-    results = output_dir / "results.jsonl"
-    if not results.exists():
-        return {}
-    records = [json.loads(line) for line in results.read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
-
-
-def run_to_end(args, timeout=240):
-    process = launch(args)
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output[-4000:]
-    return output
-
+from trainer_helpers import flags, launch, run_to_end, step_losses
 
 def test_preempted_and_resumed_run_reproduces_the_uninterrupted_losses(setup, tmp_path):
     # 30 quick steps: the SIGTERM sent after step 4 must land well before the run would end by itself

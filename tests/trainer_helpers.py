@@ -1,6 +1,9 @@
-"""What the trainer tests share: a tiny CLIP config, the entry script and its flags."""
+"""What the trainer tests share: a tiny CLIP config, the entry script, its flags, and running it."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from paddlemix.data.synthetic import write_shapes_dataset
@@ -25,3 +28,26 @@ def make_setup(root: Path) -> Path:
     (root / "tiny.json").write_text(json.dumps(TINY))
     write_shapes_dataset(root / "shapes", train_per_class=4)
     return root
+
+
+def launch(args, script: Path = SCRIPT) -> subprocess.Popen:
+    """The entry `script` with `args` in a subprocess (stdout and stderr together)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.Popen([sys.executable, str(script), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def run_to_end(args, timeout=240, script: Path = SCRIPT) -> str:
+    process = launch(args, script)
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def step_losses(output_dir: Path) -> dict:
+    """{step: loss} from the run's results.jsonl (empty before the first log)."""
+    results = output_dir / "results.jsonl"
+    if not results.exists():
+        return {}
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}

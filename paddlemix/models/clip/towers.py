@@ -9,7 +9,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..configuration import TextConfig, VisionConfig
-from ..layers import AttentionalPooler, BlockOptions, Transformer, rope_rotations, rope_sin_cos
+from ..layers import AttentionalPooler, BlockOptions, Transformer, causal_mask, rope_rotations, rope_sin_cos
 from ..layers.norm import layer_norm
 from ..layers.parallel import vocab_embedding
 
@@ -196,10 +196,6 @@ class TextTransformer(nn.Layer):
         if isinstance(self.text_projection, nn.Linear):
             Normal(std=width**-0.5)(self.text_projection.weight)
 
-    def causal_mask(self, length: int, dtype) -> paddle.Tensor:
-        """[length, length] additive mask: -inf above the diagonal."""
-        return paddle.triu(paddle.full([length, length], float("-inf"), dtype=dtype), diagonal=1)
-
     def key_padding_mask(self, input_ids: paddle.Tensor, dtype) -> paddle.Tensor:
         """[batch, 1, 1, length + 1] additive mask of the CLS-token layout: key j is masked (-inf) when
         token j - 1 is padding; key 0 never is (open_clip's mask for its CoCa weights)."""
@@ -225,12 +221,12 @@ class TextTransformer(nn.Layer):
         self._check_length(length)
         x = self.token_embedding(input_ids)
         if self.cls_emb is None:
-            x = self.transformer(x + self.positional_embedding[:length], attn_mask=self.causal_mask(length, x.dtype))
+            x = self.transformer(x + self.positional_embedding[:length], attn_mask=causal_mask(length, x.dtype))
             x = self.ln_final(x)
             return self._project(self._pool(x, input_ids)), x
         cls = self.cls_emb.astype(x.dtype).expand([x.shape[0], 1, x.shape[-1]])
         x = paddle.concat([x, cls], axis=1) + self.positional_embedding[: length + 1]
-        mask = self.causal_mask(length + 1, x.dtype) + self.key_padding_mask(input_ids, x.dtype)
+        mask = causal_mask(length + 1, x.dtype) + self.key_padding_mask(input_ids, x.dtype)
         x = self.transformer(x, attn_mask=mask)
         return self._project(self.ln_final(x[:, -1])), x[:, :-1]
 
@@ -258,5 +254,5 @@ class TextTransformer(nn.Layer):
         length = input_ids.shape[1]
         self._check_length(length)
         x = self.token_embedding(input_ids[:, start:]) + self.positional_embedding[start:length]
-        mask = self.causal_mask(length, x.dtype)[start:] + key_mask
+        mask = causal_mask(length, x.dtype)[start:] + key_mask
         return self.transformer(x, attn_mask=mask, caches=caches)

@@ -9,14 +9,9 @@ import paddle.nn as nn
 
 from ..configuration import MultimodalConfig
 from ..layers.norm import layer_norm
-from ..layers import BlockOptions, CrossAttentionBlock, KVCache, ResidualAttentionBlock, run_block
+from ..layers import BlockOptions, CrossAttentionBlock, KVCache, ResidualAttentionBlock, causal_mask, run_block
 
 Normal = nn.initializer.Normal
-
-
-def causal_mask(length: int, dtype) -> paddle.Tensor:
-    """[length, length] additive mask: -inf above the diagonal."""
-    return paddle.triu(paddle.full([length, length], float("-inf"), dtype=dtype), diagonal=1)
 
 
 class MultimodalDecoder(nn.Layer):

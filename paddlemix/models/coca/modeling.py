@@ -41,7 +41,6 @@ class CoCa(CLIP):
         if config.text_cfg.width != decoder.width:
             raise ValueError(f"text_cfg.width {config.text_cfg.width} must equal multimodal_cfg.width {decoder.width}")
         self.text_decoder = MultimodalDecoder(decoder, config.quick_gelu)
-        self.loss_fn: Optional[CoCaLoss] = None
 
     @property
     def pad_id(self) -> int:
@@ -50,9 +49,6 @@ class CoCa(CLIP):
     def set_recompute(self, enable: bool = True) -> None:
         super().set_recompute(enable)
         self.text_decoder.recompute = enable
-
-    def set_loss(self, loss_fn: CoCaLoss) -> None:
-        self.loss_fn = loss_fn
 
     def forward(
         self,

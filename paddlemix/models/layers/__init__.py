@@ -1,6 +1,6 @@
 """Reusable building blocks: attention, MLP, the transformer block and its stack."""
 
-from .attention import Attention, CrossAttention, KVCache, scaled_dot_product_attention
+from .attention import Attention, CrossAttention, KVCache, causal_mask, scaled_dot_product_attention
 from .pooling import AttentionalPooler
 from .mlp import Mlp, QuickGELU, SwiGLU, activation_layer
 from .rope import apply_rope, rope_rotations, rope_sin_cos
@@ -21,6 +21,7 @@ __all__ = [
     "Transformer",
     "activation_layer",
     "apply_rope",
+    "causal_mask",
     "rope_rotations",
     "rope_sin_cos",
     "run_block",

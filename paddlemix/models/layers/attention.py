@@ -15,6 +15,11 @@ from .rope import apply_rope
 ATTN_BIAS_CHOICES = ("qkv", "qv", "none")
 
 
+def causal_mask(length: int, dtype) -> paddle.Tensor:
+    """[length, length] additive mask: -inf above the diagonal (a token sees itself and earlier ones)."""
+    return paddle.triu(paddle.full([length, length], float("-inf"), dtype=dtype), diagonal=1)
+
+
 def scaled_dot_product_attention(
     query: paddle.Tensor,
     key: paddle.Tensor,
