@@ -27,6 +27,10 @@ setup(
             "processors/LICENSE*",
             "evaluation/*.txt",
             "external_ops/csrc/*.cc",
+            "external_ops/csrc/*.h",
+            "external_ops/csrc/*.cu",
+            "external_ops/csrc/*.cuh",
+            "external_ops/harness/*.cu",
         ]
     },
     install_requires=read_requirements(),

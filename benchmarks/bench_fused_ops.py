@@ -1,9 +1,12 @@
-"""Speed of paddlemix's fused_ln op (forward + backward) against Paddle's layer norm and torch's.
+"""Speed of paddlemix's fused ops (forward + backward) against Paddle's own ops and torch's.
 
     python benchmarks/bench_fused_ops.py --peer ../reference/.venv/bin/python
 
-float32, 2 threads each, the loss sum(y * dy) with gradients of x, weight and bias; the median of
-`--steps` timed runs after one warm-up. torch runs in the peer interpreter afterwards.
+float32, 2 threads each. One step is the forward pass, then the backward pass from a given output
+gradient dy (`y.backward(dy)`) into x and the parameters, whose gradients are then dropped (not
+zeroed). Layer norm: fused_ln against F.layer_norm; bias + GELU: fused_bias_gelu against
+gelu(x + bias), exact erf GELU and QuickGELU. The median of `--steps` timed steps after one warm-up;
+torch runs in the peer interpreter afterwards. ratio = the other's time / the fused op's.
 """
 
 import argparse
@@ -15,24 +18,36 @@ import textwrap
 import paddle
 import paddle.nn.functional as F
 
+import paddlemix  # noqa: F401  (its CPU malloc settings, as every paddlemix run has them)
 from paddlemix.external_ops import cpu_threads, fused_ops
 
 from timing import median_rate
 
-SHAPES = [(4, 197, 768), (8, 257, 1024), (32, 50, 768)]
+CASES = [
+    ("layer_norm", (4, 197, 768)),
+    ("layer_norm", (8, 257, 1024)),
+    ("layer_norm", (32, 50, 768)),
+    ("gelu", (4, 197, 768)),
+    ("gelu", (8, 257, 1024)),
+    ("gelu", (32, 50, 3072)),
+    ("quick_gelu", (32, 50, 3072)),
+]
 PEER_SCRIPT = textwrap.dedent('''
     import json, statistics, sys, time
     import torch
     torch.set_num_threads(2)
-    shapes, steps = json.loads(sys.argv[1]), int(sys.argv[2])
+    cases, steps = json.loads(sys.argv[1]), int(sys.argv[2])
     results = []
-    for shape in shapes:
-        x = torch.randn(shape, requires_grad=True)
-        w, b = torch.ones(shape[-1], requires_grad=True), torch.zeros(shape[-1], requires_grad=True)
-        dy = torch.randn(shape)
+    for op, shape in cases:
+        x, dy = torch.randn(shape, requires_grad=True), torch.randn(shape)
+        w, b = torch.ones(shape[-1], requires_grad=True), torch.randn(shape[-1], requires_grad=True)
+        def forward():
+            if op == "layer_norm":
+                return torch.nn.functional.layer_norm(x, shape[-1:], w, b, 1e-5)
+            z = x + b
+            return z * torch.sigmoid(1.702 * z) if op == "quick_gelu" else torch.nn.functional.gelu(z)
         def step():
-            y = torch.nn.functional.layer_norm(x, shape[-1:], w, b, 1e-5)
-            (y * dy).sum().backward()
+            forward().backward(dy)
             x.grad = w.grad = b.grad = None
         times = []
         for index in range(steps + 1):
@@ -43,18 +58,24 @@ PEER_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def paddle_ms(shape, fused: bool, ops, steps: int) -> float:
-    x = paddle.randn(shape)
-    w, b = paddle.ones(shape[-1:]), paddle.zeros(shape[-1:])
-    dy = paddle.randn(shape)
+def paddle_ms(op: str, shape, fused: bool, ops, steps: int) -> float:
+    x, dy = paddle.randn(shape), paddle.randn(shape)
+    w, b = paddle.ones(shape[-1:]), paddle.randn(shape[-1:])
     for tensor in (x, w, b):
         tensor.stop_gradient = False
 
+    def forward():
+        if op == "layer_norm":
+            return ops.fused_ln(x, w, b, 1e-5, cpu_threads())[0] if fused else F.layer_norm(x, shape[-1], w, b, 1e-5)
+        if fused:
+            return ops.fused_bias_gelu(x, b, op == "quick_gelu", cpu_threads())
+        z = x + b
+        return z * F.sigmoid(1.702 * z) if op == "quick_gelu" else F.gelu(z)
+
     def step():
-        y = ops.fused_ln(x, w, b, 1e-5, cpu_threads())[0] if fused else F.layer_norm(x, shape[-1], w, b, 1e-5)
-        (y * dy).sum().backward()
+        forward().backward(dy)
         for tensor in (x, w, b):
-            tensor.clear_gradient()
+            tensor.clear_gradient(set_to_zero=False)
 
     return 1000 / median_rate(step, 1, steps, 1)
 
@@ -66,17 +87,17 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     paddle.base.core.set_num_threads(2)
     ops = fused_ops(required=True)
-    torch_ms = [None] * len(SHAPES)
+    torch_ms = [None] * len(CASES)
     if args.peer:
-        output = subprocess.run([args.peer, "-c", PEER_SCRIPT, json.dumps(SHAPES), str(args.steps)], check=True,
+        output = subprocess.run([args.peer, "-c", PEER_SCRIPT, json.dumps(CASES), str(args.steps)], check=True,
                                 capture_output=True, text=True)
         torch_ms = json.loads(output.stdout.strip().splitlines()[-1])
-    print("layer norm forward + backward, float32, 2 threads (ms; ratio = the other's time / fused_ln's)")
-    for shape, peer in zip(SHAPES, torch_ms):
-        fused, plain = paddle_ms(shape, True, ops, args.steps), paddle_ms(shape, False, ops, args.steps)
-        line = f"  {str(list(shape)):<16} fused_ln {fused:7.2f}   paddle {plain:7.2f} (ratio {plain / fused:.2f})"
+    print("forward + backward, float32, 2 threads (ms; ratio = the other's time / the fused op's)")
+    for (op, shape), peer in zip(CASES, torch_ms):
+        fused, plain = paddle_ms(op, shape, True, ops, args.steps), paddle_ms(op, shape, False, ops, args.steps)
+        line = f"  {op:<11} {str(list(shape)):<16} fused {fused:7.2f}   paddle {plain:7.2f} (ratio {plain / fused:5.2f})"
         if peer is not None:
-            line += f"   torch {peer:7.2f} (ratio {peer / fused:.2f})"
+            line += f"   torch {peer:7.2f} (ratio {peer / fused:5.2f})"
         print(line)
 
 

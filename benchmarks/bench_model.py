@@ -33,7 +33,12 @@ REFERENCE_BENCH = Path(__file__).resolve().parents[2] / "shared" / "reference" /
 
 
 def bench_paddlemix(args) -> dict:
-    model = AutoModel.from_config(AutoConfig.from_pretrained(args.model))
+    config = AutoConfig.from_pretrained(args.model)
+    if args.fused_ops:
+        for tower in (config.vision_cfg, config.text_cfg, getattr(config, "multimodal_cfg", None)):
+            if tower is not None:
+                tower.fusedLN = tower.fused_bias_gelu = True
+    model = AutoModel.from_config(config)
     rng = np.random.default_rng(0)
     size, text_cfg = model.visual.image_size, model.config.text_cfg
     results = {}
@@ -108,6 +113,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-infer", action="store_true")
+    parser.add_argument("--fused-ops", action="store_true",
+                        help="fusedLN and fused_bias_gelu in every tower (paddlemix.external_ops)")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--peer", default=None, help="python of the open_clip reference venv")
     args = parser.parse_args(argv)
@@ -117,7 +124,8 @@ def main(argv=None) -> None:
     ours_peak = peak_memory_mib()
     peer = bench_open_clip(args) if args.peer else {}
     batches = {"encode_image": args.infer_batch, "train_step": args.train_batch}
-    print(f"{args.model}, float32, {args.threads} threads (images/s)")
+    fused = ", fused ops" if args.fused_ops else ""
+    print(f"{args.model}{fused}, float32, {args.threads} threads (images/s)")
     for phase, rate in ours.items():
         line = f"  {phase:<12} batch {batches[phase]:>3}: paddlemix {rate:7.2f}"
         if phase in peer:

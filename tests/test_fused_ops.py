@@ -1,11 +1,14 @@
-"""paddlemix.external_ops: the fused_ln op (built here, CPU) against Paddle's layer norm, its bad-input
-errors, the fallback with one warning, a race-free build from two processes, and models with fusedLN."""
+"""paddlemix.external_ops: the fused_ln and fused_bias_gelu ops (built here, CPU) against Paddle's own
+ops, their bad-input errors, the fallback with one warning, a race-free build from two processes, and
+models with fusedLN / fused_bias_gelu."""
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import paddle
@@ -15,9 +18,11 @@ import pytest
 import paddlemix.external_ops as external_ops
 from paddlemix import AutoConfig, AutoModel
 from paddlemix.external_ops import cpu_threads, fused_ops
+from paddlemix.models.layers.mlp import Mlp
 from paddlemix.models.layers.norm import FusedLayerNorm, layer_norm
 
 SHAPES = [(1, 1), (7, 3), (5, 33), (3, 1, 17), (4, 197, 768), (2, 1025, 1408)]
+GELU_SHAPES = [(1, 1), (3, 5), (2, 7, 33), (4, 197, 3072)]
 
 
 @pytest.fixture(scope="module")
@@ -104,20 +109,120 @@ def test_two_processes_building_at_once_both_load_the_op(tmp_path):
     assert all("ok 0.0" in output for output in outputs), outputs
 
 
-def test_a_model_with_fused_ln_computes_what_the_plain_one_does(ops):
-    config = AutoConfig.from_pretrained("paddlemix/CLIP/ViT-B-32")
-    config.vision_cfg.layers = config.text_cfg.layers = 2
+def test_setup_py_installs_the_module_that_fused_ops_then_loads(tmp_path):
+    """`python setup.py install` (here into a prefix) builds both ops; paddlemix loads that module
+    instead of building its own."""
+    source = Path(external_ops.__file__).parent
+    shutil.copytree(source, tmp_path / "external_ops", ignore=shutil.ignore_patterns("__pycache__", "build"))
+    prefix = tmp_path / "prefix"
+    subprocess.run([sys.executable, "setup.py", "install", "--prefix", str(prefix)], cwd=tmp_path / "external_ops",
+                   check=True, capture_output=True, text=True)
+    site_packages = next(prefix.glob("lib/python*/site-packages"))
+    script = textwrap.dedent("""
+        import paddle
+        from paddlemix.external_ops import fused_ops
+        ops = fused_ops(required=True)
+        x = paddle.to_tensor([[-1.0, 0.0, 2.0]])
+        print(ops.__file__)
+        print(ops.fused_ln(x, paddle.ones([3]), paddle.zeros([3]), 1e-5, 1)[0].numpy().round(4).tolist())
+        print(ops.fused_bias_gelu(x, paddle.ones([3]), False, 1).numpy().round(4).tolist())
+    """)
+    env = dict(os.environ, PYTHONPATH=str(site_packages), PPMIX_HOME=str(tmp_path / "home"))
+    lines = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True,
+                           text=True).stdout.splitlines()
+    assert lines[0].startswith(str(site_packages))
+    np.testing.assert_allclose(eval(lines[1]), [[-1.069, -0.2673, 1.3363]], atol=1e-4)
+    np.testing.assert_allclose(eval(lines[2]), [[0.0, 0.8413, 2.9960]], atol=1e-4)
+    assert not (tmp_path / "home" / "external_ops").exists()  # nothing was built on first use
+
+
+def bias_gelu_and_grads(ops, x_values, bias, dy, dtype, quick, fused):
+    """y, dx, dbias (float64 numpy) of act(x + bias), loss sum(y * dy)."""
+    x, b = (paddle.to_tensor(v.astype(dtype)) for v in (x_values, bias))
+    for tensor in (x, b):
+        tensor.stop_gradient = False
+    if fused:
+        y = ops.fused_bias_gelu(x, b, quick, cpu_threads())
+    else:
+        z = x + b
+        y = z * F.sigmoid(1.702 * z) if quick else F.gelu(z)
+    (y * paddle.to_tensor(dy.astype(dtype))).sum().backward()
+    return [t.numpy().astype(np.float64) for t in (y, x.grad, b.grad)]
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["gelu", "quick_gelu"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", GELU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_bias_gelu_forward_and_two_gradients_match_paddle(ops, shape, dtype, quick):
+    """Within 1e-5 (relative to each tensor's largest value) of Paddle's ops in the same dtype and
+    of float64 ground truth; inputs spread over [-12, 12], past where erf and exp saturate."""
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal(shape) * 4, rng.standard_normal(shape)
+    bias = rng.standard_normal(shape[-1])
+    ours = bias_gelu_and_grads(ops, x, bias, dy, dtype, quick, fused=True)
+    paddles = bias_gelu_and_grads(ops, x, bias, dy, dtype, quick, fused=False)
+    truth = bias_gelu_and_grads(ops, x, bias, dy, "float64", quick, fused=False)
+    for name, mine, theirs, exact in zip(("y", "dx", "dbias"), ours, paddles, truth):
+        tolerance = 1e-5 * max(1.0, float(np.abs(exact).max()))
+        assert np.abs(mine - theirs).max() <= tolerance, name
+        assert np.abs(mine - exact).max() <= tolerance, name
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["gelu", "quick_gelu"])
+def test_bias_gelu_saturates_and_keeps_nan(ops, quick):
+    x = paddle.to_tensor(np.array([[-1e4, -100.0, 100.0, 1e4, np.nan, np.inf]], np.float32))
+    x.stop_gradient = False
+    y = ops.fused_bias_gelu(x, paddle.zeros([6]), quick, 1)
+    y.backward(paddle.ones_like(y))
+    np.testing.assert_allclose(y.numpy()[0, :4], [0, 0, 100, 1e4], rtol=0, atol=1e-30)
+    np.testing.assert_allclose(x.grad.numpy()[0, :4], [0, 0, 1, 1], rtol=0, atol=1e-30)
+    assert np.isnan(y.numpy()[0, 4]) and np.isnan(x.grad.numpy()[0, 4])
+
+
+@pytest.mark.parametrize("bias_shape, dtype, bias_dtype, message", [
+    ([9], "float32", "float32", "bias must have shape"),
+    ([8, 1], "float32", "float32", "bias must have shape"),
+    ([8], "int64", "int64", "must be float32 or float64"),
+    ([8], "float32", "float64", "bias must have x's dtype"),
+])
+def test_bias_gelu_bad_input_is_a_clear_error(ops, bias_shape, dtype, bias_dtype, message):
+    with pytest.raises(Exception, match=message):
+        ops.fused_bias_gelu(paddle.ones([2, 8], dtype), paddle.zeros(bias_shape, bias_dtype), False, 1)
+
+
+@pytest.mark.parametrize("name", ["paddlemix/CLIP/ViT-B-32", "paddlemix/EVA/EVA01-CLIP-g-14",
+                                  "paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k"])
+@pytest.mark.parametrize("quick_gelu", [False, True], ids=["gelu", "quick_gelu"])
+def test_a_model_with_fused_ops_computes_what_the_plain_one_does(ops, name, quick_gelu):
+    """fusedLN and fused_bias_gelu in every tower: every LayerNorm and GELU MLP runs in the ops, and
+    the loss and every gradient equal the plain model's."""
+    config = AutoConfig.from_pretrained(name)
+    config.quick_gelu = quick_gelu
+    towers = [config.vision_cfg, config.text_cfg] + ([config.multimodal_cfg] if hasattr(config, "multimodal_cfg") else [])
+    for tower in towers:
+        tower.layers = 1
     fused_config = copy.deepcopy(config)
-    fused_config.vision_cfg.fusedLN = fused_config.text_cfg.fusedLN = True
+    for tower in (fused_config.vision_cfg, fused_config.text_cfg, getattr(fused_config, "multimodal_cfg", None)):
+        if tower is not None:
+            tower.fusedLN = tower.fused_bias_gelu = True
     paddle.seed(0)
     plain, fused = AutoModel.from_config(config), AutoModel.from_config(fused_config)
     fused.set_state_dict(plain.state_dict())
     norms = [layer for layer in fused.sublayers() if isinstance(layer, paddle.nn.LayerNorm)]
     assert norms and all(isinstance(layer, FusedLayerNorm) for layer in norms)
-    image, ids = paddle.randn([2, 3, 224, 224]), paddle.randint(1, 49407, [2, 77])
-    grads = []
+    mlps = [layer for layer in fused.sublayers() if isinstance(layer, Mlp)]
+    assert len(mlps) == len(towers) + ("CoCa" in name) and all(mlp.fused_bias_gelu for mlp in mlps)
+    size = fused.visual.image_size
+    image = paddle.randn([2, 3, *size])
+    ids = paddle.randint(1, config.text_cfg.vocab_size - 1, [2, config.text_cfg.context_length])
+    losses, grads = [], []
     for model in (plain, fused):
-        model(image=image, input_ids=ids)["loss"].backward()
-        grads.append({name: p.grad.numpy() for name, p in model.named_parameters()})
+        model.eval()  # no drop path: the two models would draw different paths
+        loss = model(image=image, input_ids=ids, return_loss=True)["loss"]
+        loss.backward()
+        losses.append(float(loss))
+        grads.append({name: p.grad.numpy() for name, p in model.named_parameters() if p.grad is not None})
+    assert abs(losses[1] - losses[0]) <= 1e-5 * max(1.0, abs(losses[0]))
+    assert grads[1].keys() == grads[0].keys()
     for name in grads[0]:
         np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-3, atol=1e-5, err_msg=name)

@@ -1,14 +1,18 @@
 """Custom operators, built on first use with Paddle's C++ extension toolchain (JIT) and cached.
 
-`fused_ops()` returns the compiled module (op `fused_ln`: layer norm over the last dimension with
-its row statistics, forward and backward on CPU for float32/float64), or None where it cannot be
-built here; the models then use Paddle's own layer norm, and one warning per process says why.
+`fused_ops()` returns the compiled module, or None where it cannot be built here; the models then
+use Paddle's own ops, and one warning per process says why. Its ops, forward and backward:
+- `fused_ln`: layer norm over the last dimension, with its float32 row statistics;
+- `fused_bias_gelu`: exact GELU or QuickGELU of x + bias.
+CPU kernels take float32/float64; where Paddle has CUDA the CUDA kernels are built too (float32,
+float16, bfloat16). `python setup.py install` in this directory installs the same module instead.
 Several processes that start together (paddle.distributed.launch) build once: the first takes a
 file lock on the build directory, the others wait for it and load the result.
 """
 
 import fcntl
 import hashlib
+import importlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -17,20 +21,16 @@ import paddle
 
 from ..models.hub import ppmix_home
 from ..utils.log import logger
-
-SOURCES = [Path(__file__).parent / "csrc" / "fused_ln_cpu.cc"]
-MODULE_NAME = "paddlemix_fused_ops"
-# Built where it runs, so the host's vector units are used (AVX-512 / AVX2 where present)
-CXX_FLAGS = ["-O3", "-march=native", "-fopenmp"]
+from .build_flags import CXX_FLAGS, LINK_FLAGS, MODULE_NAME, NVCC_FLAGS, SOURCE_DIRECTORY, source_paths
 
 _state = {"module": None, "tried": False}
 
 
 def build_directory() -> Path:
     """$PPMIX_HOME/external_ops/<hash of the sources, flags and Paddle version>."""
-    digest = hashlib.sha256(paddle.__version__.encode() + " ".join(CXX_FLAGS).encode())
-    for source in SOURCES:
-        digest.update(source.read_bytes())
+    digest = hashlib.sha256(paddle.__version__.encode() + " ".join(CXX_FLAGS + NVCC_FLAGS).encode())
+    for source in sorted(SOURCE_DIRECTORY.iterdir()):
+        digest.update(source.name.encode() + source.read_bytes())
     return ppmix_home() / "external_ops" / digest.hexdigest()[:16]
 
 
@@ -42,22 +42,36 @@ def _build():
     with open(directory / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others load what it built
         try:
-            return load(name=MODULE_NAME, sources=[str(s) for s in SOURCES], build_directory=str(directory),
-                        extra_cxx_cflags=CXX_FLAGS, extra_ldflags=["-fopenmp"], verbose=False)
+            return load(name=MODULE_NAME, sources=source_paths(paddle.is_compiled_with_cuda()),
+                        build_directory=str(directory), extra_cxx_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS,
+                        extra_ldflags=LINK_FLAGS, extra_include_paths=[str(SOURCE_DIRECTORY)], verbose=False)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _installed():
+    """The module `python setup.py install` put on the path, if it has both ops; else None."""
+    try:
+        module = importlib.import_module(MODULE_NAME)
+    except ImportError:
+        return None
+    if all(hasattr(module, op) for op in ("fused_ln", "fused_bias_gelu")):
+        return module
+    logger.warning("the installed %s (%s) lacks an op; building the current sources instead", MODULE_NAME,
+                   getattr(module, "__file__", "?"))
+    return None
+
+
 def fused_ops(required: bool = False):
-    """The compiled custom-op module, built once per process; None (after one warning) when it cannot
-    be built, or an error with `required`."""
+    """The compiled custom-op module: the installed one, else built once per process (and cached);
+    None (after one warning) when it cannot be built, or an error with `required`."""
     if not _state["tried"]:
         _state["tried"] = True
         try:
-            _state["module"] = _build()
+            _state["module"] = _installed() or _build()
         except (OSError, RuntimeError, ValueError, ImportError) as err:  # no compiler, headers, disk...
             _state["error"] = err
-            logger.warning("paddlemix fused ops unavailable (%s: %s); using Paddle's own layer norm",
+            logger.warning("paddlemix fused ops unavailable (%s: %s); using Paddle's own layer norm and GELU",
                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
     if _state["module"] is None and required:
         raise RuntimeError(f"paddlemix fused ops could not be built: {_state.get('error')}")
@@ -74,6 +88,23 @@ def fused_layer_norm(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tenso
     """y of the fused_ln op over x's last dimension, or None where the op cannot run x (a GPU tensor
     with this CPU build, a half-precision dtype)."""
     ops = ops or fused_ops()
-    if ops is None or not x.place.is_cpu_place() or x.dtype not in (paddle.float32, paddle.float64):
+    if not _can_run(ops, x):
         return None
     return ops.fused_ln(x, weight, bias, epsilon, cpu_threads())[0]
+
+
+def fused_bias_gelu(x: paddle.Tensor, bias: paddle.Tensor, quick: bool, ops=None) -> Optional[paddle.Tensor]:
+    """gelu(x + bias) (QuickGELU with `quick`) by the fused_bias_gelu op, or None where it cannot run x."""
+    ops = ops or fused_ops()
+    if not _can_run(ops, x):
+        return None
+    return ops.fused_bias_gelu(x, bias, quick, cpu_threads())
+
+
+def _can_run(ops, x: paddle.Tensor) -> bool:
+    """Whether the built ops have a kernel for x's device and dtype."""
+    if ops is None:
+        return False
+    if x.place.is_gpu_place():
+        return paddle.is_compiled_with_cuda() and x.dtype in (paddle.float32, paddle.float16, paddle.bfloat16)
+    return x.place.is_cpu_place() and x.dtype in (paddle.float32, paddle.float64)

@@ -61,6 +61,7 @@ class VisionConfig:
     xattn: bool = False  # fused attention kernel where the device has one (same result as the fallback)
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly to this rate in the last block
     fusedLN: bool = False  # LayerNorms by paddlemix's fused_ln op where it can run (paddlemix.external_ops)
+    fused_bias_gelu: bool = False  # the MLPs' bias + GELU by paddlemix's fused_bias_gelu op where it can run
     # ---- CoCa: attentional pooling of the tokens into `attn_pooler_queries` embed_dim-wide queries;
     # the first query is the contrastive embedding, the others are the captioning decoder's image tokens
     attentional_pool: bool = False
@@ -87,6 +88,7 @@ class TextConfig:
     proj_bias: bool = False
     xattn: bool = False  # fused attention kernel where the device has one (same result as the fallback)
     fusedLN: bool = False  # LayerNorms by paddlemix's fused_ln op where it can run (paddlemix.external_ops)
+    fused_bias_gelu: bool = False  # the MLPs' bias + GELU by paddlemix's fused_bias_gelu op where it can run
     # CoCa: a learned CLS token appended after the text, whose output is the text embedding (any
     # pool_type is then ignored); pad tokens (`pad_id`) are masked as keys, as in open_clip's CoCa
     embed_cls: bool = False
@@ -105,6 +107,7 @@ class MultimodalConfig:
     mlp_ratio: float = 4.0
     ls_init_value: Optional[float] = None
     fusedLN: bool = False  # LayerNorms by paddlemix's fused_ln op where it can run (paddlemix.external_ops)
+    fused_bias_gelu: bool = False  # the MLPs' bias + GELU by paddlemix's fused_bias_gelu op where it can run
 
 
 @dataclass

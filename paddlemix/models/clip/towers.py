@@ -60,6 +60,7 @@ def vision_block_options(cfg: VisionConfig, quick_gelu: bool, tensor_parallel_de
         norm_eps=cfg.norm_eps,
         xattn=cfg.xattn,
         fused_ln=cfg.fusedLN,
+        fused_bias_gelu=cfg.fused_bias_gelu,
         tensor_parallel_degree=tensor_parallel_degree,
     )
 
@@ -174,6 +175,7 @@ class TextTransformer(nn.Layer):
         )
         options = BlockOptions(
             cfg.mlp_ratio, cfg.ls_init_value, quick_gelu, xattn=cfg.xattn, fused_ln=cfg.fusedLN,
+            fused_bias_gelu=cfg.fused_bias_gelu,
             tensor_parallel_degree=tensor_parallel_degree,
         )
         self.transformer = Transformer(width, cfg.layers, cfg.heads, options)

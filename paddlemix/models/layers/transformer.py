@@ -29,6 +29,7 @@ class BlockOptions:
     norm_eps: float = 1e-5
     xattn: bool = False
     fused_ln: bool = False  # the block's LayerNorms by paddlemix's fused_ln op (see layers.norm)
+    fused_bias_gelu: bool = False  # the MLP's bias + GELU by paddlemix's fused_bias_gelu op (see layers.mlp)
     tensor_parallel_degree: int = 1  # see layers.parallel
 
 
@@ -63,7 +64,8 @@ class ResidualAttentionBlock(nn.Layer):
         if options.swiglu:
             self.mlp = SwiGLU(width, hidden, options.subln, options.norm_eps, degree)
         else:
-            self.mlp = Mlp(width, hidden, options.quick_gelu, options.subln, options.norm_eps, degree)
+            self.mlp = Mlp(width, hidden, options.quick_gelu, options.subln, options.norm_eps, degree,
+                           options.fused_bias_gelu)
         with_scale = options.ls_init_value is not None
         self.ls_1 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
         self.ls_2 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
@@ -93,7 +95,8 @@ class CrossAttentionBlock(nn.Layer):
         self.ln_1_kv = layer_norm(width, options.norm_eps, options.fused_ln)
         self.attn = CrossAttention(width, heads, width)
         self.ln_2 = layer_norm(width, options.norm_eps, options.fused_ln)
-        self.mlp = Mlp(width, int(width * options.mlp_ratio), options.quick_gelu, norm_eps=options.norm_eps)
+        self.mlp = Mlp(width, int(width * options.mlp_ratio), options.quick_gelu, norm_eps=options.norm_eps,
+                       fused_bias_gelu=options.fused_bias_gelu)
         with_scale = options.ls_init_value is not None
         self.ls_1 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
         self.ls_2 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
