@@ -21,14 +21,14 @@ import paddle
 
 from ..models.hub import ppmix_home
 from ..utils.log import logger
-from .build_flags import CXX_FLAGS, LINK_FLAGS, MODULE_NAME, NVCC_FLAGS, SOURCE_DIRECTORY, source_paths
+from .build_flags import CXX_FLAGS, MODULE_NAME, NVCC_FLAGS, SOURCE_DIRECTORY, link_flags, source_paths
 
 _state = {"module": None, "tried": False}
 
 
 def build_directory() -> Path:
     """$PPMIX_HOME/external_ops/<hash of the sources, flags and Paddle version>."""
-    digest = hashlib.sha256(paddle.__version__.encode() + " ".join(CXX_FLAGS + NVCC_FLAGS).encode())
+    digest = hashlib.sha256(paddle.__version__.encode() + " ".join(CXX_FLAGS + NVCC_FLAGS + link_flags()).encode())
     for source in sorted(SOURCE_DIRECTORY.iterdir()):
         digest.update(source.name.encode() + source.read_bytes())
     return ppmix_home() / "external_ops" / digest.hexdigest()[:16]
@@ -44,7 +44,7 @@ def _build():
         try:
             return load(name=MODULE_NAME, sources=source_paths(paddle.is_compiled_with_cuda()),
                         build_directory=str(directory), extra_cxx_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS,
-                        extra_ldflags=LINK_FLAGS, extra_include_paths=[str(SOURCE_DIRECTORY)], verbose=False)
+                        extra_ldflags=link_flags(), extra_include_paths=[str(SOURCE_DIRECTORY)], verbose=False)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

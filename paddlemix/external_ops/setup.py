@@ -14,12 +14,11 @@ import paddle
 from paddle.utils.cpp_extension import CppExtension, CUDAExtension, setup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_flags import (CXX_FLAGS, LINK_FLAGS, MODULE_NAME, NVCC_FLAGS, SOURCE_DIRECTORY,  # noqa: E402
-                         source_paths)
+from build_flags import CXX_FLAGS, MODULE_NAME, NVCC_FLAGS, SOURCE_DIRECTORY, link_flags, source_paths  # noqa: E402
 
 with_cuda = paddle.is_compiled_with_cuda()
 Extension = CUDAExtension if with_cuda else CppExtension
 extension = Extension(sources=source_paths(with_cuda), include_dirs=[str(SOURCE_DIRECTORY)],
-                      extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS}, extra_link_args=LINK_FLAGS)
+                      extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS}, extra_link_args=link_flags())
 
 setup(name=MODULE_NAME, ext_modules=extension)
