@@ -11,7 +11,7 @@ CUDA_SOURCES = ["fused_ops_cuda.cu"]
 # GCC's loops use 512-bit vectors where the CPU has them (measured: exact GELU's backward 25% faster)
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp"] + (
     ["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else [])
-NVCC_FLAGS = ["-O3", "--use_fast_math", "-std=c++17"]
+NVCC_FLAGS = ["-O3", "-std=c++17"]  # as the harness is built: its accuracy checks hold for this build
 
 
 def link_flags() -> list:
