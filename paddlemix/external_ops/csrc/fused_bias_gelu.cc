@@ -16,6 +16,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_threads.h"
 #include "fused_ops_cuda.h"
 #include "paddle/extension.h"
 
@@ -24,7 +25,6 @@ namespace {
 constexpr double kInvSqrt2 = 0.70710678118654752440;
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 constexpr double kQuickGeluSlope = 1.702;
-constexpr int64_t kElementsPerThread = 1 << 15;  // below this a thread costs more than it saves
 
 inline float Erf(float x) {
   x = std::min(std::max(x, -4.0f), 4.0f);  // erf is +-1 in float32 beyond |x| = 4
@@ -81,11 +81,6 @@ inline T ActivationSlope(T z, bool quick) {
   return cdf + z * static_cast<T>(kInvSqrt2Pi) * Exp(static_cast<T>(-0.5) * z * z);
 }
 
-int Threads(int requested, int64_t rows, int64_t cols) {
-  const int64_t useful = std::max<int64_t>(1, rows * cols / kElementsPerThread);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(requested), rows, useful})));
-}
-
 void CheckInputs(const paddle::Tensor& x, const paddle::Tensor& bias) {
   PD_CHECK(x.shape().size() >= 1, "fused_bias_gelu: x must have at least one dimension");
   const int64_t cols = x.shape().back();
@@ -103,7 +98,7 @@ void CheckCpuDtype(const paddle::Tensor& x) {
 
 template <typename T>
 void Forward(const T* x, const T* bias, T* y, int64_t rows, int64_t cols, bool quick, int threads) {
-#pragma omp parallel for num_threads(Threads(threads, rows, cols)) schedule(static)
+#pragma omp parallel for num_threads(paddlemix_cpu::KernelThreads(threads, rows, cols)) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * cols;
     T* yr = y + r * cols;
@@ -118,7 +113,7 @@ void Forward(const T* x, const T* bias, T* y, int64_t rows, int64_t cols, bool q
 template <typename T>
 void Backward(const T* x, const T* bias, const T* dy, T* dx, T* dbias, int64_t rows, int64_t cols, bool quick,
               int threads) {
-  const int team = Threads(threads, rows, cols);
+  const int team = paddlemix_cpu::KernelThreads(threads, rows, cols);
   // per-thread column sums of dx in double: dbias adds up every row
   std::vector<double> partial(static_cast<size_t>(team) * cols, 0);
 #pragma omp parallel num_threads(team)

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_threads.h"
 #include "fused_ops_cuda.h"
 #include "paddle/extension.h"
 
@@ -48,10 +49,6 @@ Acc<T> RowCenteredSquares(const T* v, int64_t n, Acc<T> mean) {
   return total;
 }
 
-int Threads(int requested, int64_t rows) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(requested, rows)));
-}
-
 void CheckInputs(const paddle::Tensor& x, const paddle::Tensor& weight, const paddle::Tensor& bias, float epsilon) {
   PD_CHECK(x.shape().size() >= 1, "fused_ln: x must have at least one dimension");
   const int64_t cols = x.shape().back();
@@ -73,7 +70,7 @@ void CheckCpuDtypes(const paddle::Tensor& x, const paddle::Tensor& weight, const
 template <typename T>
 void Forward(const T* x, const T* w, const T* b, T* y, float* mean_out, float* invvar_out, int64_t rows, int64_t cols,
              float epsilon, int threads) {
-#pragma omp parallel for num_threads(Threads(threads, rows)) schedule(static)
+#pragma omp parallel for num_threads(paddlemix_cpu::KernelThreads(threads, rows, cols)) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * cols;
     T* yr = y + r * cols;
@@ -93,7 +90,7 @@ constexpr int64_t kRowsPerBlock = 16;
 template <typename T>
 void Backward(const T* x, const T* w, const float* mean, const float* invvar, const T* dy, T* dx, T* dw, T* db,
               int64_t rows, int64_t cols, int threads) {
-  const int team = Threads(threads, rows);
+  const int team = paddlemix_cpu::KernelThreads(threads, rows, cols);
   std::vector<double> column_sums(static_cast<size_t>(team) * 2 * cols, 0);  // per thread: dweight, dbias
 #pragma omp parallel num_threads(team)
   {
