@@ -23,7 +23,6 @@ import textwrap
 import paddle
 import paddle.nn.functional as F
 
-import paddlemix  # noqa: F401  (its CPU malloc settings, as every paddlemix run has them)
 from paddlemix.external_ops import cpu_threads, fused_ops
 
 from timing import median_rate
