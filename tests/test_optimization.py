@@ -298,18 +298,24 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 from paddlemix.trainer.optimization import GlobalNormClip
+from paddlemix.utils.distributed import run_script
 
-dist.init_parallel_env()
-rank = dist.get_rank()
-qkv = paddle.create_parameter([2], "float32")  # a shard: each rank holds other values
-ln = paddle.create_parameter([2], "float32")  # replicated: the same gradient on both ranks
-grads = {"qkv": [[3.0, 0.0], [0.0, 4.0]][rank], "ln": [12.0, 0.0]}
-(qkv * paddle.to_tensor(grads["qkv"])).sum().backward()
-(ln * paddle.to_tensor(grads["ln"])).sum().backward()
-clip = GlobalNormClip(1.0, [("visual.transformer.resblocks.0.attn.qkv.weight", qkv), ("visual.ln_post.weight", ln)],
-                      model_parallel_group=dist.new_group([0, 1]))
-clip([(qkv, qkv.grad), (ln, ln.grad)])
-np.save(f"{sys.argv[1]}/norm{rank}.npy", clip.last_global_norm.numpy())
+
+def main(out_dir):
+    dist.init_parallel_env()
+    rank = dist.get_rank()
+    qkv = paddle.create_parameter([2], "float32")  # a shard: each rank holds other values
+    ln = paddle.create_parameter([2], "float32")  # replicated: the same gradient on both ranks
+    grads = {"qkv": [[3.0, 0.0], [0.0, 4.0]][rank], "ln": [12.0, 0.0]}
+    (qkv * paddle.to_tensor(grads["qkv"])).sum().backward()
+    (ln * paddle.to_tensor(grads["ln"])).sum().backward()
+    clip = GlobalNormClip(1.0, [("visual.transformer.resblocks.0.attn.qkv.weight", qkv), ("visual.ln_post.weight", ln)],
+                          model_parallel_group=dist.new_group([0, 1]))
+    clip([(qkv, qkv.grad), (ln, ln.grad)])
+    np.save(f"{out_dir}/norm{rank}.npy", clip.last_global_norm.numpy())
+
+
+run_script(main, sys.argv[1])
 """
 
 

@@ -96,10 +96,6 @@ def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[s
     trainer.evaluate()  # the final model (once: a step already evaluated is not evaluated again)
     if args.should_save:
         model.save_pretrained(args.output_dir)
-    if args.world_size > 1:
-        # leave together: rank 0 hosts the TCP store, and a peer still using it when rank 0's process
-        # tears down aborted at exit (SIGABRT after training had finished)
-        paddle.distributed.barrier()
     return trainer
 
 

@@ -5,7 +5,11 @@ rows: a batch that lost bad samples is smaller); they differ only in how the gra
 gathered tensor reaches `x`.
 """
 
-from typing import List
+import atexit
+import logging
+import os
+import sys
+from typing import Callable, List
 
 import paddle
 import paddle.distributed as dist
@@ -23,6 +27,26 @@ def get_world_size() -> int:
     before init_parallel_env() has run, which is not a group we can communicate over.
     """
     return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def run_script(entry: Callable[..., object], *args, **kwargs) -> None:
+    """Run `entry(*args, **kwargs)` as a script's main; a multi-process run then ends in step.
+
+    Every rank waits at a barrier, runs the Python exit handlers (dataloader workers, logging),
+    flushes and leaves with os._exit(0), without C++ static destructors. Rank 0's process hosts the
+    TCP store in a libuv thread; when a peer disconnected while rank 0 ran its static destructors,
+    that thread logged through the already destroyed glog and aborted (SIGABRT after the work was
+    done and saved). An exception still ends the process the usual way, with its traceback.
+    """
+    entry(*args, **kwargs)
+    if get_world_size() == 1:
+        return
+    dist.barrier()
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def gather_row_counts(rows: int) -> List[int]:

@@ -21,6 +21,7 @@ import paddle.nn.functional as F
 
 from paddlemix.models import CLIP, CLIPConfig, TextConfig, VisionConfig
 from paddlemix.models.loss import ClipLoss
+from paddlemix.utils.distributed import run_script
 
 logger = logging.getLogger("paddlemix.tests.clip_loss_worker")
 
@@ -122,4 +123,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    run_script(main, sys.argv[1])

@@ -13,6 +13,7 @@ import paddle
 import paddle.distributed as dist
 
 from paddlemix.models.layers.parallel import ParallelLayerNorm
+from paddlemix.utils.distributed import run_script
 
 WIDTH, EPSILON, SEED = 12, 1e-6, 7
 
@@ -41,4 +42,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    run_script(main, sys.argv[1])

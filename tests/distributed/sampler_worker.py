@@ -12,6 +12,7 @@ import paddle.distributed as dist
 from paddlemix.data.coco import coco_karpathy
 from paddlemix.data.loader import ImageTextLoader
 from paddlemix.processors import image_transform
+from paddlemix.utils.distributed import run_script
 
 
 def main(root: str, out_dir: str) -> None:
@@ -24,4 +25,4 @@ def main(root: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    run_script(main, sys.argv[1], sys.argv[2])

@@ -5,6 +5,7 @@
 """
 
 from paddlemix.trainer.run import run_pretrain
+from paddlemix.utils.distributed import run_script
 
 if __name__ == "__main__":
-    run_pretrain(default_model="paddlemix/CLIP/ViT-B-32")
+    run_script(run_pretrain, default_model="paddlemix/CLIP/ViT-B-32")

@@ -5,6 +5,7 @@
 """
 
 from paddlemix.evaluation.evaluate import run_zero_shot_eval
+from paddlemix.utils.distributed import run_script
 
 if __name__ == "__main__":
-    run_zero_shot_eval(default_model="paddlemix/CLIP/ViT-B-32")
+    run_script(run_zero_shot_eval, default_model="paddlemix/CLIP/ViT-B-32")

@@ -8,6 +8,7 @@ paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k by default; the loss is CoCaLoss,
 """
 
 from paddlemix.trainer.run import run_pretrain
+from paddlemix.utils.distributed import run_script
 
 if __name__ == "__main__":
-    run_pretrain(default_model="paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k")
+    run_script(run_pretrain, default_model="paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k")

@@ -6,6 +6,7 @@ paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k by default.
 """
 
 from paddlemix.evaluation.evaluate import run_zero_shot_eval
+from paddlemix.utils.distributed import run_script
 
 if __name__ == "__main__":
-    run_zero_shot_eval(default_model="paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k")
+    run_script(run_zero_shot_eval, default_model="paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k")
