@@ -4,8 +4,8 @@ Paddle allocates every CPU tensor with malloc. With glibc's defaults, freed bloc
 back to the kernel (as unmapped blocks, or by trimming the top of the heap), so the next op's output
 is fresh memory and every one of its pages faults on first write. Measured on a 2-core machine: a
 [32, 50, 3072] add took 14.2 ms with the defaults and 2.6 ms with the settings below; a ViT-B-32
-training step (batch 32) with the fused ops went from 4.87 to 5.38 images/s (3.81 to 3.90 without
-them), with the same peak memory.
+training step (batch 32) with the fused ops went from 4.36 to 4.70 images/s (on a quieter day, 4.87
+to 5.38), its peak RSS from 5.3 to 5.4-5.6 GiB.
 
 `keep_freed_cpu_memory()` (run when paddlemix is imported) makes blocks below 32 MiB come from the
 heap and keeps up to 1 GiB of freed memory at the heap's top for reuse, as a caching allocator would.
