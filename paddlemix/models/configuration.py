@@ -30,7 +30,15 @@ def _from_dict(cls, values: Dict[str, Any], where: str):
 
 
 @dataclass
-class VisionConfig:
+class FusedOpsOptions:
+    """Per tower: which of paddlemix's fused ops (paddlemix.external_ops) it uses where they can run."""
+
+    fusedLN: bool = False  # LayerNorms by the fused_ln op (PaddleMIX's key)
+    fused_bias_gelu: bool = False  # the MLPs' bias + GELU by the fused_bias_gelu op
+
+
+@dataclass
+class VisionConfig(FusedOpsOptions):
     """ViT image tower. `width // head_width` heads; `mlp_ratio * width` hidden units.
 
     The defaults are OpenAI CLIP's ViT; EVA-CLIP's towers switch on the options below the line.
@@ -60,8 +68,6 @@ class VisionConfig:
     postnorm: bool = False  # residual post-norm blocks: x + ln(attn(x)) (EVA02-CLIP-bigE)
     xattn: bool = False  # fused attention kernel where the device has one (same result as the fallback)
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly to this rate in the last block
-    fusedLN: bool = False  # LayerNorms by paddlemix's fused_ln op where it can run (paddlemix.external_ops)
-    fused_bias_gelu: bool = False  # the MLPs' bias + GELU by paddlemix's fused_bias_gelu op where it can run
     # ---- CoCa: attentional pooling of the tokens into `attn_pooler_queries` embed_dim-wide queries;
     # the first query is the contrastive embedding, the others are the captioning decoder's image tokens
     attentional_pool: bool = False
@@ -74,7 +80,7 @@ class VisionConfig:
 
 
 @dataclass
-class TextConfig:
+class TextConfig(FusedOpsOptions):
     """Causal text transformer with argmax-EOT pooling (OpenAI CLIP)."""
 
     context_length: int = 77
@@ -87,8 +93,6 @@ class TextConfig:
     pool_type: str = "argmax"  # 'argmax' (EOT has the highest id), 'first', 'last'
     proj_bias: bool = False
     xattn: bool = False  # fused attention kernel where the device has one (same result as the fallback)
-    fusedLN: bool = False  # LayerNorms by paddlemix's fused_ln op where it can run (paddlemix.external_ops)
-    fused_bias_gelu: bool = False  # the MLPs' bias + GELU by paddlemix's fused_bias_gelu op where it can run
     # CoCa: a learned CLS token appended after the text, whose output is the text embedding (any
     # pool_type is then ignored); pad tokens (`pad_id`) are masked as keys, as in open_clip's CoCa
     embed_cls: bool = False
@@ -96,7 +100,7 @@ class TextConfig:
 
 
 @dataclass
-class MultimodalConfig:
+class MultimodalConfig(FusedOpsOptions):
     """CoCa's captioning decoder: causal self-attention + cross-attention to the image tokens per layer."""
 
     context_length: int = 76
@@ -106,8 +110,6 @@ class MultimodalConfig:
     layers: int = 12
     mlp_ratio: float = 4.0
     ls_init_value: Optional[float] = None
-    fusedLN: bool = False  # LayerNorms by paddlemix's fused_ln op where it can run (paddlemix.external_ops)
-    fused_bias_gelu: bool = False  # the MLPs' bias + GELU by paddlemix's fused_bias_gelu op where it can run
 
 
 @dataclass
