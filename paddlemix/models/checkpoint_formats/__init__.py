@@ -1,0 +1,25 @@
+"""Foreign checkpoint layouts -> paddlemix state dicts (numpy arrays, paddlemix names and layout).
+
+Each source (one module here, one entry in SOURCES) renames keys to paddlemix's names, keeping
+torch's [out, in] Linear layout; one shared step then moves Linear weights to Paddle's [in, out].
+"""
+
+from typing import Callable, Dict
+
+from .common import State, torch_to_paddle_layout
+from .eva_clip import rename_eva_clip
+from .open_clip import rename_open_clip
+from .paddlemix import rename_paddlemix
+
+SOURCES: Dict[str, Callable[[State], State]] = {
+    "open_clip": rename_open_clip,
+    "eva_clip": rename_eva_clip,
+    "paddlemix": rename_paddlemix,
+}
+
+
+def convert_state(source: str, state: State) -> State:
+    """`source` checkpoint (numpy) -> paddlemix state dict in Paddle layout."""
+    if source not in SOURCES:
+        raise ValueError(f"--source {source!r} is not supported; choose from {', '.join(sorted(SOURCES))}")
+    return torch_to_paddle_layout(SOURCES[source](state))
