@@ -1,5 +1,5 @@
 """Command-line tools on a CLIP-family model: zero-shot labels for images, an image-text similarity
-map, and captions (CoCa).
+map, and captions (CoCa); and the list of registry models.
 
     python -m paddlemix.cli zeroshot --model paddlemix/CLIP/ViT-B-32 --images photos/ cat.jpg \\
         --labels "cat,dog,bird" [--templates "a photo of a {}." ...] [--top-k 5] [--batch-size 32]
@@ -7,6 +7,10 @@ map, and captions (CoCa).
         --texts "a cat" "a dog" [--output similarity.png] [--batch-size 32]
     python -m paddlemix.cli caption --model ./CoCa-ViT-B-32 --images photos/ --output captions.jsonl \\
         [--generation-type beam_search|top_k|top_p] [--seq-len 30] [--num-beams 6] [--seed 0] ...
+    python -m paddlemix.cli models
+
+`models` prints every registry name with its parameter count, input resolution and whether its
+weights are in the cache ($PPMIX_HOME/models/<name>/model_state.pdparams).
 
 `--model` is a registry name or a model directory (config.json + model_state.pdparams). `--images`
 takes files and directories (each directory's image files, by suffix, sorted by name). Unreadable
@@ -28,6 +32,8 @@ from PIL import Image
 
 from .inference import load_model
 from .models.coca import GenerationConfig, decode_captions
+from .models.hub import ppmix_home
+from .models.registry import describe_models
 from .data.samples import BadSample, load_image_file
 from .evaluation.plots import save_similarity_heat_map
 from .evaluation.zero_shot import build_zero_shot_classifier, evaluation_mode
@@ -166,6 +172,20 @@ def run_caption(args: argparse.Namespace) -> int:
     return report_summary(captioned, skipped, "captioned")
 
 
+def run_models(args: argparse.Namespace) -> int:
+    """A table of the registry: name, parameters, resolution, and the weights' state."""
+    rows = [("name", "parameters", "resolution", "weights")]
+    for info in describe_models():
+        height, width = info.image_size
+        state = "cached" if info.cached else ("not cached" if info.weights_url else "none published")
+        rows.append((info.name, f"{info.parameters:,}", str(height) if height == width else f"{height}x{width}", state))
+    widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}")
+    print(f"{len(rows) - 1} models; weights are read from {ppmix_home() / 'models'}/<name>/model_state.pdparams")
+    return 0
+
+
 # caption flags that are GenerationConfig fields, as `--seq-len` -> seq_len
 GENERATION_OPTIONS = ("generation_type", "seq_len", "min_seq_len", "num_beams", "num_beam_groups", "top_k", "top_p",
                       "temperature", "repetition_penalty", "seed")
@@ -224,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     zeroshot = commands.add_parser("zeroshot", help="top-k zero-shot labels for each image")
     similarity = commands.add_parser("similarity", help="image x text cosine similarity, printed and as a heat map")
     caption = commands.add_parser("caption", help="captions of images (CoCa models), as JSON lines")
+    commands.add_parser("models", help="registry names: parameters, resolution, whether the weights are cached")
     for command in (zeroshot, similarity, caption):
         command.add_argument("--model", required=True, help="registry name (paddlemix/CLIP/ViT-B-32) or model dir")
         command.add_argument("--images", required=True, nargs="+", help="image files and directories of images")
@@ -246,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run = {"zeroshot": run_zeroshot, "similarity": run_similarity, "caption": run_caption}[args.command]
+    run = {"zeroshot": run_zeroshot, "similarity": run_similarity, "caption": run_caption, "models": run_models}[
+        args.command]
     try:
         return run(args)
     except (OSError, ValueError) as err:

@@ -7,7 +7,7 @@ import paddle
 import pytest
 from PIL import Image
 
-from paddlemix import AutoModel
+from paddlemix import AutoModel, list_models
 from paddlemix.cli import main
 from paddlemix.evaluation.plots import CELL
 from paddlemix.models import CLIPConfig, TextConfig, VisionConfig
@@ -211,3 +211,20 @@ def test_caption_refuses_a_model_that_cannot_write_captions(model_dir, image_dir
                       "--output", str(tmp_path / "c.jsonl")])
     assert exit_code == 1
     assert "cannot write captions" in caplog.text
+
+
+def test_models_lists_every_registry_name_with_parameters_resolution_and_cache_state(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PPMIX_HOME", str(tmp_path))
+    cached = tmp_path / "models" / "paddlemix/CLIP/DFN5B-CLIP-ViT-H-14-378" / "model_state.pdparams"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
+    assert main(["models"]) == 0
+    header, *lines, summary = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == ["name", "parameters", "resolution", "weights"]
+    rows = {line.split()[0]: line.split(None, 3)[1:] for line in lines}
+    assert sorted(rows) == list_models()
+    assert rows["paddlemix/CLIP/DFN5B-CLIP-ViT-H-14-378"] == ["986,714,881", "378", "cached"]
+    assert rows["paddlemix/CLIP/DFN5B-CLIP-ViT-H-14"] == ["986,109,441", "224", "not cached"]
+    assert rows["paddlemix/EVA/EVA02-CLIP-L-14-336"] == ["428,083,137", "336", "not cached"]
+    assert rows["paddlemix/CLIP/ViT-B-32"] == ["151,277,313", "224", "none published"]
+    assert summary.startswith(f"{len(list_models())} models") and str(tmp_path / "models") in summary

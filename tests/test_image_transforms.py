@@ -1,5 +1,6 @@
 """CLIP image preprocessing against open_clip's outputs (fixtures made by tests/fixtures/make_processor_fixtures.py)."""
 
+import json
 import math
 import random
 from pathlib import Path
@@ -14,6 +15,8 @@ from paddlemix.processors.image_transforms import CROP_ASPECT_RATIO, sample_crop
 FIXTURES = np.load(Path(__file__).parent / "fixtures" / "transform_cases.npz")
 IMAGE_NAMES = ["rgb", "gray", "rgba"]
 EVAL_SIZES = {"224": 224, "64": 64, "64x96": (64, 96)}
+# open_clip image_transform keyword arguments of the other eval cases (resize modes, interpolations, fill)
+PREPROCESS_CASES = json.loads(str(FIXTURES["preprocess_cases"]))
 
 
 class ScriptedDraws:
@@ -38,6 +41,30 @@ def test_eval_transform_matches_open_clip_preprocess_val(name, size_name):
     assert out.dtype == np.float32
     assert out.shape == expected.shape
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", sorted(PREPROCESS_CASES))
+@pytest.mark.parametrize("name", IMAGE_NAMES)
+def test_every_resize_mode_matches_open_clip_image_transform(name, case):
+    kwargs = dict(PREPROCESS_CASES[case])
+    size = kwargs.pop("image_size")
+    out = image_transform(size, is_train=False, **kwargs)(Image.fromarray(FIXTURES[name]))
+    expected = FIXTURES[f"{name}_eval_{case}"]
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+
+
+def test_the_resize_mode_cases_cover_all_three_modes_and_padding():
+    assert {case["resize_mode"] for case in PREPROCESS_CASES.values()} == {"shortest", "squash", "longest"}
+    # 'longest' pads the short side of the 300x200 image: open_clip's first row is all fill colour.
+    grey = (np.float32(128 / 255) - np.asarray(OPENAI_DATASET_MEAN, np.float32)) / np.asarray(OPENAI_DATASET_STD, np.float32)
+    first_row = FIXTURES["rgb_eval_longest_64_bilinear_fill128"][:, 0, :]
+    np.testing.assert_allclose(first_row, np.repeat(grey[:, None], 64, axis=1), rtol=0, atol=1e-5)
+
+
+def test_unknown_resize_mode_is_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match="squash"):
+        image_transform(64, is_train=False, resize_mode="crop")
 
 
 @pytest.mark.parametrize("name", IMAGE_NAMES)

@@ -22,7 +22,7 @@ import paddle
 from .. import AutoModel
 from ..data.coco import annotation_file, coco_root
 from ..models.state_dict import load_state_dict_strict
-from ..processors import image_transform
+from ..processors.image_transforms import image_transform_for
 from ..trainer.arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
 from ..inference import load_model
 from ..models.registry import resolve_model_name
@@ -87,7 +87,7 @@ def classification(model, directory: str, batch_size: int, num_workers: int, con
     dataset = ClassificationSet(directory)
     paths = [path for path, _ in dataset.samples]
     targets = np.array([target for _, target in dataset.samples])
-    transform = image_transform(model.visual.image_size, is_train=False)
+    transform = image_transform_for(model.config, is_train=False)
     images = image_features(model, paths, transform, batch_size, num_workers)
     classifier = cached_classifier(model, dataset.classnames, dataset.templates, context_length, cache_dir)
     logits = images.features @ classifier.numpy()
@@ -103,7 +103,7 @@ def classification(model, directory: str, batch_size: int, num_workers: int, con
 def retrieval(model, annotation: Path, image_root: Path, batch_size: int, num_workers: int,
               context_length: int) -> Dict[str, float]:
     paths, captions, owner = caption_set(annotation, image_root)
-    transform = image_transform(model.visual.image_size, is_train=False)
+    transform = image_transform_for(model.config, is_train=False)
     images = image_features(model, paths, transform, batch_size, num_workers)
     texts = text_features(model, captions, batch_size, context_length)
     # Captions of unreadable images have nothing to retrieve: they leave with their image.

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
+from ..processors.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from ..processors.image_transforms import INTERPOLATIONS, RESIZE_MODES
+
 CONFIG_NAME = "config.json"
 
 
@@ -113,12 +116,36 @@ class MultimodalConfig(FusedOpsOptions):
 
 
 @dataclass
+class PreprocessConfig:
+    """How the model's training images were prepared (open_clip's `PreprocessCfg`); the image size is
+    `vision_cfg.image_size`. The defaults are OpenAI CLIP's, which most CLIP-family weights keep."""
+
+    mean: Tuple[float, float, float] = OPENAI_DATASET_MEAN  # per-channel RGB mean of the 0..1 pixels
+    std: Tuple[float, float, float] = OPENAI_DATASET_STD
+    interpolation: str = "bicubic"  # 'bicubic' or 'bilinear'
+    # 'shortest': shortest side to the size, center crop; 'squash': both sides to the size, aspect
+    # ratio not kept (DFN); 'longest': longest side to the size, center pad with `fill_color`
+    resize_mode: str = "shortest"
+    fill_color: int = 0
+
+    def __post_init__(self):
+        self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"preprocess_cfg: mean and std need 3 values (RGB), got {self.mean} and {self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"preprocess_cfg: interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"preprocess_cfg: resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+
+
+@dataclass
 class CLIPConfig:
     """A whole CLIP model: two towers projected to a shared `embed_dim`."""
 
     embed_dim: int = 512
     vision_cfg: VisionConfig = field(default_factory=VisionConfig)
     text_cfg: TextConfig = field(default_factory=TextConfig)
+    preprocess_cfg: PreprocessConfig = field(default_factory=PreprocessConfig)
     quick_gelu: bool = False  # OpenAI's original weights were trained with QuickGELU
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100)  # logit_scale is clamped here in forward
@@ -143,7 +170,7 @@ class CLIPConfig:
     @classmethod
     def tower_configs(cls) -> Dict[str, type]:
         """Nested config fields and their dataclasses."""
-        return {"vision_cfg": VisionConfig, "text_cfg": TextConfig}
+        return {"vision_cfg": VisionConfig, "text_cfg": TextConfig, "preprocess_cfg": PreprocessConfig}
 
     @classmethod
     def from_json_file(cls, path: Union[str, Path]) -> "CLIPConfig":

@@ -6,11 +6,16 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 from ..utils.log import logger
+from .registry import ARCHITECTURE_ONLY_NAMES, open_clip_name
 
 WEIGHTS_NAME = "model_state.pdparams"
-# PaddleMIX publishes its converted checkpoints under this prefix, as <prefix>/<registry name>/<file>.
+# PaddleMIX publishes its converted checkpoints under this prefix, as <prefix>/<registry name>/<file>:
+# its from_pretrained is PaddleNLP's, which downloads BOS_URL_TEMPLATE_WITHOUT_REVISION =
+# "https://bj.bcebos.com/paddlenlp" + "/models/community/{repo_id}/{filename}" (paddlenlp/utils/download/
+# bos_download.py; also COMMUNITY_MODEL_PREFIX in paddlemix/utils/downloader.py).
 COMMUNITY_URL = "https://bj.bcebos.com/paddlenlp/models/community"
 DOWNLOAD_TIMEOUT_S = 30
 
@@ -22,6 +27,19 @@ def ppmix_home() -> Path:
 
 def model_cache_dir(name: str) -> Path:
     return ppmix_home() / "models" / name
+
+
+def cached_weights_path(name: str) -> Path:
+    """Where the weights of registry name `name` are kept: `$PPMIX_HOME/models/<name>/model_state.pdparams`."""
+    return model_cache_dir(name) / WEIGHTS_NAME
+
+
+def weights_url(name: str) -> Optional[str]:
+    """PaddleMIX's download URL of registry name `name`'s weights, as its loader forms it from the name;
+    None for an architecture name under which nothing is published."""
+    if name in ARCHITECTURE_ONLY_NAMES:
+        return None
+    return f"{COMMUNITY_URL}/{name}/{WEIGHTS_NAME}"
 
 
 def download_file(url: str, destination: Path) -> None:
@@ -52,17 +70,28 @@ class ModelFilesNotFoundError(FileNotFoundError):
 
 
 def cached_weights_file(name: str) -> Path:
-    """`$PPMIX_HOME/models/<name>/model_state.pdparams`, downloaded from the community URL if absent."""
-    target = model_cache_dir(name) / WEIGHTS_NAME
+    """`$PPMIX_HOME/models/<name>/model_state.pdparams`, downloaded from the community URL if absent.
+
+    An architecture name without published weights fails at once (no download) unless converted
+    weights are in the cache.
+    """
+    target = cached_weights_path(name)
     if target.is_file():
         return target
+    convert = (f"python -m paddlemix.tools.convert --source open_clip --model {name} --checkpoint FILE "
+               f"--output {target.parent}")
+    url = weights_url(name)
+    if url is None:
+        raise ModelFilesNotFoundError(
+            f"'{name}' is an architecture without published weights, and {target} does not exist. Convert "
+            f"a checkpoint of open_clip's '{open_clip_name(name)}' into it ({convert}), pass a local model "
+            f"directory, or use a published name (`python -m paddlemix.cli models` lists them)"
+        )
     download_or_explain(
-        f"{COMMUNITY_URL}/{name}/{WEIGHTS_NAME}",
+        url,
         target,
         f"cannot get the weights of '{name}': {target} does not exist. Put {WEIGHTS_NAME} in {target.parent} "
-        f"(or set $PPMIX_HOME), pass a local model directory instead, or convert an open_clip checkpoint: "
-        f"python -m paddlemix.tools.convert --source open_clip --model {name} --checkpoint FILE "
-        f"--output {target.parent}",
+        f"(or set $PPMIX_HOME), pass a local model directory instead, or convert a checkpoint: {convert}",
         ModelFilesNotFoundError,
     )
     return target

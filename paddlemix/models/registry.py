@@ -1,13 +1,44 @@
-"""Registry names (`paddlemix/<Family>/<Architecture>`) map to one packaged JSON config each."""
+"""Registry names (`paddlemix/<Family>/<Name>`) map to one packaged JSON config each.
+
+The names are PaddleMIX's published zoo (its examples/{clip,evaclip,coca}/README.md), plus four open_clip
+architecture names under which nothing is published (for converting open_clip checkpoints). Each
+config holds the architecture (as open_clip's config of the same model) and `preprocess_cfg` (as
+open_clip's pretrained.py gives for those weights); the download URL follows from the name
+(`hub.weights_url`).
+"""
 
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence, Tuple
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 NAME_PREFIX = "paddlemix/"
-# Registry names whose architecture open_clip knows under another name (the CLIP names are the same).
+# open_clip architecture names kept in the registry to convert open_clip checkpoints into; PaddleMIX
+# publishes no weights under them (its README zoo tables list the published names).
+ARCHITECTURE_ONLY_NAMES = frozenset({
+    "paddlemix/CLIP/ViT-B-32",
+    "paddlemix/CLIP/ViT-B-16",
+    "paddlemix/CLIP/ViT-L-14",
+    "paddlemix/CLIP/ViT-L-14-336",
+})
+# open_clip's model name for each registry name's architecture where it differs from the last part of
+# the name; DFN weights were trained with QuickGELU, open_clip's `-quickgelu` configs.
 OPEN_CLIP_EQUIVALENTS = {
+    "paddlemix/CLIP/CLIP-ViT-bigG-14-laion2B-39B-b160k": "ViT-bigG-14",
+    "paddlemix/CLIP/CLIP-ViT-g-14-laion2B-s34B-b88K": "ViT-g-14",
+    "paddlemix/CLIP/CLIP-ViT-H-14-laion2B-s32B-b79K": "ViT-H-14",
+    "paddlemix/CLIP/CLIP-ViT-L-14-laion2B-s32B-b82K": "ViT-L-14",
+    "paddlemix/CLIP/CLIP-ViT-B-16-laion2B-s34B-b88K": "ViT-B-16",
+    "paddlemix/CLIP/CLIP-ViT-B-32-laion2B-s34B-b79K": "ViT-B-32",
+    "paddlemix/CLIP/CLIP-ViT-L-14-DataComp.XL-s13B-b90K": "ViT-L-14",
+    "paddlemix/CLIP/CLIP-ViT-B-16-DataComp.XL-s13B-b90K": "ViT-B-16",
+    "paddlemix/CLIP/CLIP-ViT-B-32-DataComp.XL-s13B-b90K": "ViT-B-32",
+    "paddlemix/CLIP/CLIP-ViT-B-32-256x256-DataComp-s34B-b86K": "ViT-B-32-256",
+    "paddlemix/CLIP/DFN5B-CLIP-ViT-H-14-378": "ViT-H-14-378-quickgelu",
+    "paddlemix/CLIP/DFN5B-CLIP-ViT-H-14": "ViT-H-14-quickgelu",
+    "paddlemix/CLIP/DFN2B-CLIP-ViT-L-14": "ViT-L-14-quickgelu",
+    "paddlemix/CLIP/DFN2B-CLIP-ViT-B-16": "ViT-B-16-quickgelu",
     "paddlemix/EVA/EVA01-CLIP-g-14": "EVA01-g-14",
     "paddlemix/EVA/EVA01-CLIP-g-14-plus": "EVA01-g-14-plus",
     "paddlemix/EVA/EVA02-CLIP-B-16": "EVA02-B-16",
@@ -50,6 +81,39 @@ def config_file(name: str) -> Path:
         close = [known_name for known_name in known if name.split("/")[-1].lower() in known_name.lower()]
     hint = f" Closest registry names: {', '.join(close)}." if close else f" Registry names: {', '.join(known)}."
     raise UnknownModelError(f"'{name}' is neither a registry name nor a model directory.{hint}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registry name as `python -m paddlemix.cli models` lists it."""
+
+    name: str
+    parameters: int
+    image_size: Tuple[int, int]  # (height, width)
+    weights_url: Optional[str]  # None: nothing published under this name
+    weights_file: Path  # where from_pretrained reads the weights
+    cached: bool  # weights_file exists
+
+
+def describe_models(names: Optional[Sequence[str]] = None) -> List[ModelInfo]:
+    """ModelInfo of `names` (default: every registry name); parameters are counted from shapes under
+    paddle.LazyGuard(), so nothing is allocated."""
+    import paddle
+
+    from ..auto import AutoConfig, AutoModel  # the model classes, which import this module
+    from .hub import cached_weights_path, weights_url
+    from .modeling_utils import parameter_count
+
+    infos = []
+    for name in list_models() if names is None else names:
+        config = AutoConfig.from_pretrained(name)
+        with paddle.LazyGuard():
+            parameters = parameter_count(AutoModel.from_config(config))
+        size = config.vision_cfg.image_size
+        weights = cached_weights_path(name)
+        infos.append(ModelInfo(name, parameters, (size, size) if isinstance(size, int) else tuple(size),
+                               weights_url(name), weights, weights.is_file()))
+    return infos
 
 
 def resolve_model_name(name: str) -> str:

@@ -1,7 +1,11 @@
 """CLIP image preprocessing with PIL + numpy, equal to open_clip's torchvision pipelines.
 
-Eval: resize the shortest side, center crop, RGB, normalise (open_clip's `preprocess_val`).
+Eval (open_clip's `image_transform(..., is_train=False)`), by `resize_mode`: 'shortest' resizes the
+shortest side and center-crops, 'squash' resizes both sides to the target, 'longest' resizes the
+longest side and center-pads; then RGB, normalise.
 Train: random resized crop (torchvision's `RandomResizedCrop` algorithm), RGB, normalise.
+`image_transform_for(config, is_train)` is the transform of a model config (`vision_cfg.image_size`
+and `preprocess_cfg`), which every consumer uses.
 """
 
 import math
@@ -9,13 +13,15 @@ import random
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 ImageInput = Union[Image.Image, np.ndarray]
 
 _RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+INTERPOLATIONS = tuple(_RESAMPLING)
+RESIZE_MODES = ("shortest", "squash", "longest")  # open_clip's resize_mode values
 # torchvision RandomResizedCrop's defaults, which open_clip keeps.
 CROP_ASPECT_RATIO = (3 / 4, 4 / 3)
 _CROP_ATTEMPTS = 10
@@ -69,10 +75,14 @@ class ImageTransform:
 
     Args:
         image_size: output side, or (height, width).
-        is_train: random resized crop if True, else shortest-side resize + center crop.
+        is_train: random resized crop if True, else the eval resize of `resize_mode`.
         mean, std: per-channel RGB statistics of the 0..1 pixel values.
         scale: area fraction range of the training crop.
-        interpolation: "bicubic" or "bilinear".
+        interpolation: "bicubic" or "bilinear", for the eval resizes that open_clip gives it to: not
+            the training crop and not the 'shortest' resize to a non-square size, which open_clip
+            always does bicubic.
+        resize_mode: eval resize, "shortest", "squash" or "longest" (see the module docstring).
+        fill_color: grey level of the padding of resize_mode "longest".
         rng: source of the training crop's randomness (`random.Random(seed)` for reproducible crops).
             None draws from Python's global `random`, which paddle.io.DataLoader reseeds in every
             worker; a passed generator is copied as-is into each forked worker, so with several
@@ -87,14 +97,20 @@ class ImageTransform:
         std: Sequence[float] = OPENAI_DATASET_STD,
         scale: Tuple[float, float] = (0.9, 1.0),
         interpolation: str = "bicubic",
+        resize_mode: str = "shortest",
+        fill_color: int = 0,
         rng: Optional[random.Random] = None,
     ):
         if interpolation not in _RESAMPLING:
-            raise ValueError(f"interpolation must be one of {sorted(_RESAMPLING)}, got {interpolation!r}")
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         self.size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.is_train = is_train
         self.scale = scale
         self.resample = _RESAMPLING[interpolation]
+        self.resize_mode = resize_mode
+        self.fill_color = fill_color
         self.rng = rng
         # A 256-entry table per channel gives torchvision's float32 (x / 255 - mean) / std per pixel.
         levels = np.arange(256, dtype=np.float32) / np.float32(255)
@@ -104,7 +120,14 @@ class ImageTransform:
 
     def __call__(self, image: ImageInput) -> np.ndarray:
         image = to_pil_image(image)
-        image = self._random_resized_crop(image) if self.is_train else self._resize_center_crop(image)
+        if self.is_train:
+            image = self._random_resized_crop(image)
+        elif self.resize_mode == "squash":
+            image = image.resize((self.size[1], self.size[0]), self.resample)
+        elif self.resize_mode == "longest":
+            image = self._resize_longest_center_pad(image)
+        else:
+            image = self._resize_center_crop(image)
         # Converting after the resize, as open_clip does, matters: PIL resizes RGBA premultiplied.
         pixels = np.asarray(image.convert("RGB"))
         return np.stack([self.lookup[c][pixels[:, :, c]] for c in range(3)])
@@ -117,21 +140,55 @@ class ImageTransform:
             short, long = min(width, height), max(width, height)
             new_long = int(target_h * long / short)
             new_w, new_h = (target_h, new_long) if width <= height else (new_long, target_h)
+            image = image.resize((new_w, new_h), self.resample)
         else:
-            # open_clip's ResizeKeepRatio for non-square targets: both sides rounded.
+            # open_clip's ResizeKeepRatio for non-square targets: both sides rounded, always bicubic.
             ratio = min(height / target_h, width / target_w)
             new_h, new_w = round(height / ratio), round(width / ratio)
-        image = image.resize((new_w, new_h), self.resample)
+            image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
         top = int(round((new_h - target_h) / 2.0))
         left = int(round((new_w - target_w) / 2.0))
+        return image.crop((left, top, left + target_w, top + target_h))
+
+    def _resize_longest_center_pad(self, image: Image.Image) -> Image.Image:
+        """open_clip's ResizeKeepRatio(longest=1) then CenterCropOrPad: the longest side (relative to
+        the target) to the target, the other padded on both sides with `fill_color`, extra on the right/bottom."""
+        target_h, target_w = self.size
+        ratio = max(image.height / target_h, image.width / target_w)
+        image = image.resize((round(image.width / ratio), round(image.height / ratio)), self.resample)
+        if image.width < target_w or image.height < target_h:
+            pad_w, pad_h = max(target_w - image.width, 0), max(target_h - image.height, 0)
+            border = (pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2)  # left, top, right, bottom
+            fill = self.fill_color if len(image.getbands()) == 1 else (self.fill_color,) * len(image.getbands())
+            palette = image.getpalette() if image.mode == "P" else None
+            image = ImageOps.expand(image, border=border, fill=fill)
+            if palette is not None:
+                image.putpalette(palette)
+        # Rounding can leave one side a pixel over the target: cropped centrally, as open_clip does.
+        top = int(round((image.height - target_h) / 2.0))
+        left = int(round((image.width - target_w) / 2.0))
         return image.crop((left, top, left + target_w, top + target_h))
 
     def _random_resized_crop(self, image: Image.Image) -> Image.Image:
         rng = self.rng if self.rng is not None else random
         top, left, crop_h, crop_w = sample_crop_box(image.width, image.height, self.scale, rng)
         image = image.crop((left, top, left + crop_w, top + crop_h))
-        return image.resize((self.size[1], self.size[0]), self.resample)
+        # open_clip's RandomResizedCrop is bicubic whatever the model's interpolation.
+        return image.resize((self.size[1], self.size[0]), Image.Resampling.BICUBIC)
 
 
 # open_clip's name for it: image_transform(image_size, is_train, ...).
 image_transform = ImageTransform
+
+
+def preprocess_options(config) -> dict:
+    """ImageTransform's keyword arguments from model config `config`'s `preprocess_cfg`."""
+    pre = config.preprocess_cfg
+    return {"mean": pre.mean, "std": pre.std, "interpolation": pre.interpolation, "resize_mode": pre.resize_mode,
+            "fill_color": pre.fill_color}
+
+
+def image_transform_for(config, is_train: bool, rng: Optional[random.Random] = None) -> ImageTransform:
+    """The transform of model config `config` (a CLIPConfig): its `vision_cfg.image_size` and its
+    `preprocess_cfg` (mean/std, interpolation, resize_mode, fill_color)."""
+    return ImageTransform(config.vision_cfg.image_size, is_train, rng=rng, **preprocess_options(config))

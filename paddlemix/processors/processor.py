@@ -5,21 +5,26 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import paddle
 
-from .image_transforms import image_transform
+from .image_transforms import image_transform, preprocess_options
 from .tokenizer import tokenize
 
 
 class CLIPProcessor:
-    """`processor(images=[...], text=[...])` -> {"image": [N, 3, H, W] float32, "input_ids": [N, L] int64}."""
+    """`processor(images=[...], text=[...])` -> {"image": [N, 3, H, W] float32, "input_ids": [N, L] int64}.
 
-    def __init__(self, image_size, context_length: int = 77):
+    `CLIPProcessor(image_size)` preprocesses images as OpenAI CLIP did unless `preprocess` says
+    otherwise; `from_config(config)` as the model was trained (its `preprocess_cfg`).
+    """
+
+    def __init__(self, image_size, context_length: int = 77, **preprocess):
+        """preprocess: the image transform's mean, std, interpolation, resize_mode, fill_color."""
         self.context_length = context_length
-        self.eval_transform = image_transform(image_size, is_train=False)
-        self.train_transform = image_transform(image_size, is_train=True)
+        self.eval_transform = image_transform(image_size, is_train=False, **preprocess)
+        self.train_transform = image_transform(image_size, is_train=True, **preprocess)
 
     @classmethod
     def from_config(cls, config) -> "CLIPProcessor":
-        return cls(config.vision_cfg.image_size, config.text_cfg.context_length)
+        return cls(config.vision_cfg.image_size, config.text_cfg.context_length, **preprocess_options(config))
 
     def __call__(
         self,

@@ -17,7 +17,7 @@ from ..models.registry import resolve_model_name
 from ..models.state_dict import load_state_dict_strict
 from ..models.coca import CoCa, CoCaLoss
 from ..models.loss import ClipLoss
-from ..processors import image_transform
+from ..processors.image_transforms import image_transform_for
 from ..utils.log import logger, warn_once
 from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
 from .evaluation import TrainingEvaluation
@@ -109,7 +109,7 @@ def validation_split(data_args: DataArguments):
 
 
 def train_dataset(data_args: DataArguments, model, args: CLIPTrainingArguments):
-    transform = image_transform(model.visual.image_size, is_train=True)
+    transform = image_transform_for(model.config, is_train=True)
     return build_dataset(
         data_args.task_name, transform, data_dir=data_args.data_dir, csv_img_key=data_args.csv_img_key,
         csv_caption_key=data_args.csv_caption_key, csv_separator=data_args.csv_separator, seed=args.seed,

@@ -23,7 +23,8 @@ from paddlemix.data.coco import annotation_file
 from paddlemix.data.synthetic import classes, write_shapes_dataset
 from paddlemix.evaluation import build_zero_shot_classifier, evaluation_mode, zero_shot_classification
 from paddlemix.evaluation.plots import save_similarity_heat_map
-from paddlemix.processors import image_transform, tokenize
+from paddlemix.processors import tokenize
+from paddlemix.processors.image_transforms import image_transform_for
 from paddlemix.trainer.run import run_pretrain
 
 logger = logging.getLogger("paddlemix.examples.shapes")
@@ -47,7 +48,7 @@ def evaluate(model_dir: Path, data_dir: Path, output_dir: Path) -> dict:
     model = AutoModel.from_pretrained(str(model_dir))
     names = [classname(*c) for c in classes()]
     records = json.loads(annotation_file(data_dir, "test").read_text())
-    transform = image_transform(model.visual.image_size, is_train=False)
+    transform = image_transform_for(model.config, is_train=False)
     images = [Image.open(data_dir / "images" / r["image"]) for r in records]
     targets = [int(Path(r["image"]).stem.split("_")[0]) for r in records]  # file names start with the class index
     batch = paddle.to_tensor(np.stack([transform(image) for image in images]))
