@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Type, Union
 
+from .models.checkpoint_formats.paddlemix import config_from_paddlemix, is_paddlemix_config
 from .models.clip import CLIP
 from .models.coca import CoCa
 from .models.configuration import CONFIG_NAME, CLIPConfig, CoCaConfig
@@ -20,11 +21,18 @@ MODEL_TYPES: Dict[str, Tuple[Type, Type]] = {
 }
 
 
-def _load_config(path: Path):
+def _read_json(path: Path) -> dict:
     try:
-        values = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def _load_config(path: Path):
+    """paddlemix's config.json, or PaddleMIX's (its CLIP / EVA-CLIP / CoCa config, translated)."""
+    values = _read_json(path)
+    if is_paddlemix_config(values):
+        values = config_from_paddlemix(values, where=str(path))
     model_type = values.get("model_type", "clip")
     if model_type not in MODEL_TYPES:
         raise ValueError(f"{path}: unknown model_type {model_type!r}; known: {', '.join(sorted(MODEL_TYPES))}")
@@ -69,7 +77,7 @@ class AutoModel:
                     f"{weights} does not exist: a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
                     "(written by save_pretrained or `python -m paddlemix.tools.convert`)"
                 )
-            return weights, None
+            return weights, ("paddlemix" if is_paddlemix_config(_read_json(weights.parent / CONFIG_NAME)) else None)
         return cached_weights_file(str(name_or_dir)), "paddlemix"  # community files: PaddleMIX's layout
 
     @staticmethod

@@ -11,6 +11,7 @@ from .configuration import CONFIG_NAME
 from .hub import WEIGHTS_NAME
 from .layers.parallel import gather_unsharded_state_dict, model_parallel_rank, split_state_dict
 from .state_dict import load_state_dict_strict
+from .weights_file import read_pdparams
 from ..utils.log import logger
 
 
@@ -47,15 +48,17 @@ class PretrainedMixin:
         """Load an unsharded `.pdparams` file strictly: every key present, none extra, every shape right.
 
         `foreign_source` (a checkpoint_formats source such as 'paddlemix'): a file whose keys are not
-        this model's is converted from that layout first (PaddleMIX's published EVA-CLIP weights).
+        this model's is converted from that layout first (PaddleMIX's published weights). The file is
+        read without running code (`weights_file.read_pdparams`); float16 / bfloat16 weights are
+        widened to the model's dtype.
         """
-        state = paddle.load(str(weights_file))
+        state = read_pdparams(weights_file)
         if foreign_source is not None and set(state) != set(self.state_dict()):
             logger.info("%s is not in paddlemix's layout: converting it from %s's", weights_file, foreign_source)
-            state = convert_state(foreign_source, {k: v.numpy() for k, v in state.items()})
+            state = convert_state(foreign_source, state)
         degree = self.config.tensor_parallel_degree
         if degree > 1:
-            state = split_state_dict({k: v.numpy() for k, v in state.items()}, degree, model_parallel_rank())
+            state = split_state_dict(state, degree, model_parallel_rank())
         load_state_dict_strict(self, state, source=str(weights_file))
 
 
