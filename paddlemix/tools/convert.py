@@ -11,6 +11,14 @@ keys, or `sd/<key>` as written by the reference dump). Every key must map, every
 be filled and every shape must match: otherwise nothing is written and the offending keys are
 listed. The one tensor adapted is the image position embedding, resampled when the checkpoint was
 trained at another resolution (as EVA-CLIP does for its 336-pixel models).
+
+`--source hf --checkpoint DIR` reads a transformers `save_pretrained` folder of a CLIPModel
+(config.json + model.safetensors): the architecture comes from its config.json, so no `--model`.
+
+    python -m paddlemix.tools.convert --to hf|open_clip --model DIR_OR_NAME --output OUT
+
+exports a paddlemix model the other way (see paddlemix.models.checkpoint_formats.export): a model
+the format cannot express is refused with the reason, and nothing is written.
 """
 
 import argparse
@@ -18,7 +26,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import paddle
@@ -30,6 +38,8 @@ from ..models.modeling_utils import parameter_count
 from ..models.state_dict import StateDictMismatchError, check_state_dict
 from ..utils.log import logger
 from ..models.checkpoint_formats import SOURCES, convert_state
+from ..models.checkpoint_formats.export import FORMATS, export_files, write_files
+from ..models.checkpoint_formats.hf import read_hf_folder
 
 POSITIONAL_EMBEDDING = "visual.positional_embedding"
 
@@ -65,11 +75,19 @@ def read_model_config(model: str) -> CLIPConfig:
     path = Path(model)
     if path.suffix == ".json" and path.is_file():
         values = json.loads(path.read_text())
+        if "model_cfg" in values:  # open_clip's hub layout (open_clip_config.json)
+            values = dict(values["model_cfg"], preprocess_cfg={
+                k: v for k, v in values.get("preprocess_cfg", {}).items() if k != "size"})
         if "model_type" not in values:  # open_clip's: a decoder config makes it CoCa
             values["model_type"] = "coca" if "multimodal_cfg" in values else "clip"
             for section, keys in OPEN_CLIP_IGNORED_KEYS.items():
                 for key in keys:
                     (values.get(section, {}) if section else values).pop(key, None)
+            norm_kwargs = values.get("vision_cfg", {}).pop("norm_kwargs", {})
+            if set(norm_kwargs) - {"eps"}:
+                raise ValueError(f"{path}: vision_cfg.norm_kwargs {norm_kwargs}: paddlemix's LayerNorms take only eps")
+            if "eps" in norm_kwargs:
+                values["vision_cfg"]["norm_eps"] = norm_kwargs["eps"]
         if values["model_type"] not in MODEL_TYPES:
             raise ValueError(f"{path}: unknown model_type {values['model_type']!r}; known: {', '.join(MODEL_TYPES)}")
         config = MODEL_TYPES[values["model_type"]][0].from_dict(values, where=str(path))
@@ -90,10 +108,18 @@ def fit_positional_embedding(state: Dict[str, np.ndarray], expected_shape: tuple
     )
 
 
-def convert(source: str, model: str, checkpoint: Path, output: Path) -> Path:
-    """Convert and write `output`; raises StateDictMismatchError before writing anything on a mismatch."""
-    config = read_model_config(model)
-    state = convert_state(source, read_checkpoint(checkpoint))
+def convert(source: str, model: Optional[str], checkpoint: Path, output: Path) -> Path:
+    """Convert and write `output`; raises StateDictMismatchError before writing anything on a mismatch.
+    `model` is None for `hf`, whose folder holds its own architecture."""
+    if source == "hf":
+        if model is not None:
+            raise ValueError("--model: a transformers folder's config.json is its architecture; leave --model out")
+        config, foreign = read_hf_folder(checkpoint)
+    elif model is None:
+        raise ValueError(f"--source {source} needs --model (a registry name or a config JSON)")
+    else:
+        config, foreign = read_model_config(model), read_checkpoint(checkpoint)
+    state = convert_state(source, foreign)
     with paddle.LazyGuard():  # shapes only: check before allocating anything
         skeleton = AutoModel.from_config(config)
     expected = {key: tuple(int(d) for d in value.shape) for key, value in skeleton.state_dict().items()}
@@ -108,16 +134,36 @@ def convert(source: str, model: str, checkpoint: Path, output: Path) -> Path:
     return output
 
 
+def export(fmt: str, model: str, output: Path) -> Path:
+    """Write paddlemix model `model` (directory or registry name) to `output` in format `fmt`;
+    raises ExportRefused, with nothing written, where `fmt` cannot express the model."""
+    net = AutoModel.from_pretrained(model)
+    files = export_files(fmt, net.config, {key: value.numpy() for key, value in net.state_dict().items()})
+    write_files(files, output)
+    logger.info("wrote %s (%s): %s", output, fmt, ", ".join(files))
+    return output
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", required=True, choices=sorted(SOURCES), help="checkpoint family")
-    parser.add_argument("--model", required=True, help="registry name (paddlemix/CLIP/ViT-B-32) or config JSON")
-    parser.add_argument("--checkpoint", required=True, type=Path, help=".safetensors or .npz state dict")
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--source", choices=sorted(SOURCES), help="import: the checkpoint's family")
+    direction.add_argument("--to", choices=sorted(FORMATS), help="export: the format to write")
+    parser.add_argument("--model", help="registry name (paddlemix/CLIP/ViT-B-32) or config JSON; for --to, "
+                        "also a paddlemix model directory; not with --source hf")
+    parser.add_argument("--checkpoint", type=Path, help="import: .safetensors or .npz state dict (hf: the folder)")
     parser.add_argument("--output", required=True, type=Path, help="directory to write")
     args = parser.parse_args(argv)
+    if args.to and (args.model is None or args.checkpoint is not None):
+        parser.error("--to takes --model (the paddlemix model to export) and no --checkpoint")
+    if args.source and args.checkpoint is None:
+        parser.error(f"--source {args.source} needs --checkpoint")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        convert(args.source, args.model, args.checkpoint, args.output)
+        if args.to:
+            export(args.to, args.model, args.output)
+        else:
+            convert(args.source, args.model, args.checkpoint, args.output)
     except (StateDictMismatchError, ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 1

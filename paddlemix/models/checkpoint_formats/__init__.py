@@ -8,12 +8,14 @@ from typing import Callable, Dict
 
 from .common import State, torch_to_paddle_layout
 from .eva_clip import rename_eva_clip
+from .hf import rename_hf
 from .open_clip import rename_open_clip
 from .paddlemix import rename_paddlemix
 
 SOURCES: Dict[str, Callable[[State], State]] = {
     "open_clip": rename_open_clip,
     "eva_clip": rename_eva_clip,
+    "hf": rename_hf,
     "paddlemix": rename_paddlemix,
 }
 

@@ -41,3 +41,39 @@ def torch_to_paddle_layout(state: State) -> State:
     return out
 
 
+
+
+def paddle_to_torch_layout(state: State) -> State:
+    """The inverse of torch_to_paddle_layout: Linear weights back to [out, in], logit_scale to 0-d."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith(".weight") and value.ndim == 2 and key not in NOT_LINEAR:
+            value = value.T
+        if key == "logit_scale" and value.size == 1:
+            value = value.reshape([])
+        out[key] = np.array(value, order="C")
+    return out
+
+
+_GROUP_PREFIX = re.compile(r"(\((?:[^()\\]|\\.)*\))?(.*)")
+
+
+def invert_rules(rules: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    """`rename` rules read backwards: applied to the renamed keys, they give the original keys back.
+
+    Each rule must be a literal (escaped) pattern, optionally anchored (`^`, `$`) and optionally
+    starting with one capture group that its replacement starts with (`\\1`); rules applied in
+    reverse order.
+    """
+    inverse = []
+    for pattern, replacement in reversed(rules):
+        start, end = pattern.startswith("^"), pattern.endswith("$") and not pattern.endswith("\\$")
+        body = pattern[int(start): len(pattern) - int(end)]
+        group, literal = _GROUP_PREFIX.fullmatch(body).groups()
+        plain = re.sub(r"\\(.)", r"\1", literal)
+        if re.escape(plain) != literal.replace("\\_", "_") or replacement.startswith("\\1") != bool(group):
+            raise ValueError(f"rename rule {pattern!r} -> {replacement!r} is not a literal rule and has no inverse")
+        target = replacement[2:] if group else replacement
+        inverse_pattern = ("^" if start else "") + (group or "") + re.escape(target) + ("$" if end else "")
+        inverse.append((inverse_pattern, ("\\1" if group else "") + plain))
+    return inverse

@@ -11,7 +11,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .common import State, rename, strip_wrappers
+from .common import State, invert_rules, rename, strip_wrappers
 from .open_clip_names import OPEN_CLIP_RENAMES
 
 # EVA-CLIP repository names -> paddlemix.
@@ -27,7 +27,8 @@ EVA_RENAMES: List[Tuple[str, str]] = [
     (r"\.attn\.proj\.", ".attn.out_proj."),
     (r"\.mlp\.fc1\.", ".mlp.c_fc."),
     (r"\.mlp\.fc2\.", ".mlp.c_proj."),
-    (r"^visual\.(?:fc_)?norm\.", "visual.ln_post."),
+    (r"^visual\.norm\.", "visual.ln_post."),  # class-token pooling
+    (r"^visual\.fc_norm\.", "visual.ln_post."),  # mean pooling
     (r"^visual\.head\.bias$", "visual.proj_bias"),
 ]
 
@@ -50,6 +51,32 @@ def eva_visual_to_paddlemix(state: State) -> State:
             value = value.reshape(value.shape[-1]) if key == "visual.cls_token" else value
             value = value.reshape(value.shape[-2:]) if key == "visual.pos_embed" else value
             out[rename(key, EVA_RENAMES)] = value
+    return out
+
+
+PADDLEMIX_TO_EVA = invert_rules(EVA_RENAMES)
+
+
+def paddlemix_visual_to_eva(state: State, fused_qkv: bool, pool_norm: str) -> State:
+    """The inverse of eva_visual_to_paddlemix. fused_qkv: keep one `qkv` Linear (EVA01) or split it into
+    q/k/v_proj (EVA02); pool_norm: the final norm's name, 'norm' (class token) or 'fc_norm' (mean pooling)."""
+    out = {}
+    for key, value in state.items():
+        if not key.startswith("visual."):
+            out[key] = value
+            continue
+        if key == "visual.proj":
+            out["visual.head.weight"] = value.T
+            continue
+        key = key.replace("visual.ln_post.", f"visual.{pool_norm}.")
+        eva_key = rename(key, PADDLEMIX_TO_EVA)
+        value = value.reshape(1, 1, -1) if eva_key == "visual.cls_token" else value
+        value = value[None] if eva_key == "visual.pos_embed" else value
+        if eva_key.endswith(".attn.qkv.weight") and not fused_qkv:
+            for name, part in zip("qkv", np.split(value, 3, axis=0)):
+                out[eva_key.replace(".qkv.", f".{name}_proj.")] = part
+        else:
+            out[eva_key] = value
     return out
 
 

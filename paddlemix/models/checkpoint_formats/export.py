@@ -1,0 +1,205 @@
+"""paddlemix models -> other projects' formats: transformers' `CLIPModel` folder and open_clip's hub layout.
+
+An exporter builds everything it writes in memory first (configs and state dict), so a model the
+format cannot express is refused, with the reason, before a file is written. The state mappings are
+the import mappings read backwards (`to_hf` in hf.py, `to_open_clip` in open_clip.py).
+
+    hf         config.json + model.safetensors      CLIP                (transformers.CLIPModel.from_pretrained)
+    open_clip  open_clip_config.json (model_cfg,    CLIP, EVA, CoCa     (open_clip.create_model + load_checkpoint)
+               preprocess_cfg) + open_clip_model.safetensors
+
+open_clip builds EVA image towers as timm `Eva` trunks, by timm model name only: an EVA tower equal to
+one of timm's EVA-CLIP trunks gets that name; any other gets a new name and its exact `Eva` keyword
+arguments under `timm_model_kwargs` in open_clip_config.json, to register with timm before
+`open_clip.create_model` (tests/fixtures/check_exports.py shows how).
+"""
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Union
+
+import numpy as np
+
+from ..configuration import CLIPConfig, PreprocessConfig, VisionConfig
+from .common import State, paddle_to_torch_layout
+from .hf import PIL_RESAMPLE, hf_config_from_clip, inexpressible_settings, to_hf
+from .open_clip import to_open_clip
+
+logger = logging.getLogger(__name__)
+
+Files = Dict[str, Union[Dict[str, Any], State]]  # file name -> JSON object or state dict
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+
+# open_clip's VisionTransformer / TextTransformer / MultimodalTransformer config keys that are ours too.
+OPEN_CLIP_VISION_KEYS = ("image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio", "ls_init_value",
+                         "patch_dropout", "pool_type", "no_ln_pre", "final_ln_after_pool", "attentional_pool",
+                         "attn_pooler_queries", "attn_pooler_heads")
+OPEN_CLIP_TEXT_KEYS = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value",
+                       "pool_type", "proj_bias", "embed_cls", "pad_id")
+OPEN_CLIP_DECODER_KEYS = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value")
+OPEN_CLIP_NORM_EPS = 1e-5  # open_clip's LayerNorm default; another goes in vision_cfg.norm_kwargs
+# The EVA options of a vision tower, mapped to timm Eva keyword arguments by _timm_eva_kwargs.
+EVA_VISION_KEYS = ("image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio", "ls_init_value",
+                   "pool_type", "final_ln_after_pool", "no_ln_pre", "patch_bias", "proj_bias", "attn_bias",
+                   "norm_eps", "rope", "pt_hw_seq_len", "intp_freq", "naiveswiglu", "subln", "postnorm")
+TIMM_EVA_NORM_EPS = 1e-6  # timm Eva's LayerNorm: not a keyword argument
+# timm 1.0.29's Eva defaults for the keyword arguments written here, and its EVA-CLIP trunks
+# (timm/models/eva.py: eva_giant_patch14_clip_224, eva02_*_clip_*), as _create_eva receives them.
+TIMM_EVA_DEFAULTS = dict(img_size=224, qkv_bias=True, qkv_fused=True, mlp_ratio=4.0, swiglu_mlp=False,
+                         scale_mlp=False, scale_attn_inner=False, use_rot_pos_emb=False, ref_feat_shape=None,
+                         init_values=None, use_post_norm=False)
+_EVA02 = dict(qkv_fused=False, mlp_ratio=4 * 2 / 3, swiglu_mlp=True, scale_mlp=True, scale_attn_inner=True,
+              use_rot_pos_emb=True, ref_feat_shape=(16, 16))
+TIMM_EVA_CLIP_TRUNKS = {
+    "eva_giant_patch14_clip_224": dict(patch_size=14, embed_dim=1408, depth=40, num_heads=16, mlp_ratio=6144 / 1408),
+    "eva02_base_patch16_clip_224": dict(_EVA02, img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "eva02_large_patch14_clip_224": dict(_EVA02, img_size=224, patch_size=14, embed_dim=1024, depth=24, num_heads=16),
+    "eva02_large_patch14_clip_336": dict(_EVA02, img_size=336, patch_size=14, embed_dim=1024, depth=24, num_heads=16),
+    "eva02_enormous_patch14_clip_224": dict(img_size=224, patch_size=14, embed_dim=1792, depth=64, num_heads=16,
+                                            mlp_ratio=15360 / 1792, use_post_norm=True),
+}
+
+
+class ExportRefused(ValueError):
+    """The format cannot express the model; the message says why."""
+
+
+def _refuse_if(problems: List[str], fmt: str, config: CLIPConfig) -> None:
+    if problems:
+        raise ExportRefused(f"{fmt} cannot express this {config.model_type} model: {'; '.join(problems)}")
+
+
+def _timm_eva_kwargs(vision: VisionConfig, problems: List[str]) -> Dict[str, Any]:
+    """timm Eva keyword arguments of an EVA image tower; what timm's Eva cannot take goes to `problems`."""
+    problems += inexpressible_settings("vision_cfg", vision, EVA_VISION_KEYS)
+    if not (vision.patch_bias and vision.no_ln_pre):
+        problems.append("vision_cfg.patch_bias=false or no_ln_pre=false: timm's Eva trunks have a patch-embedding "
+                        "bias and no pre-norm (use_pre_transformer_norm=True swaps both, which is not mapped)")
+    if not vision.proj_bias:
+        problems.append("vision_cfg.proj_bias=false: open_clip projects EVA trunks with timm's head Linear, which has a bias")
+    if vision.attn_bias == "qkv":
+        problems.append("vision_cfg.attn_bias='qkv': timm's Eva has no key bias (attn_bias 'qv' or 'none')")
+    if not math.isclose(vision.norm_eps, TIMM_EVA_NORM_EPS):
+        problems.append(f"vision_cfg.norm_eps={vision.norm_eps}: timm's Eva LayerNorms use {TIMM_EVA_NORM_EPS}")
+    if vision.pool_type == "avg" and not vision.final_ln_after_pool:
+        problems.append("vision_cfg.pool_type='avg' with final_ln_after_pool=false: timm normalises after mean pooling")
+    if vision.naiveswiglu and not vision.subln:
+        problems.append("vision_cfg.naiveswiglu without subln: timm packs that SwiGLU into one GluMlp Linear, not mapped")
+    image_size = vision.image_size if isinstance(vision.image_size, int) else tuple(vision.image_size)
+    grid = image_size // vision.patch_size if isinstance(image_size, int) else None
+    if vision.rope and not vision.intp_freq and grid != vision.pt_hw_seq_len:
+        problems.append("vision_cfg.rope with intp_freq=false on a grid other than pt_hw_seq_len: timm's rope always "
+                        "interpolates to ref_feat_shape")
+    return dict(
+        img_size=image_size, patch_size=vision.patch_size, embed_dim=vision.width, depth=vision.layers,
+        num_heads=vision.heads, mlp_ratio=vision.mlp_ratio, qkv_bias=vision.attn_bias == "qv",
+        qkv_fused=not vision.rope,  # as timm's EVA02 (rope) and EVA01 trunks
+        swiglu_mlp=vision.naiveswiglu, scale_mlp=vision.subln, scale_attn_inner=vision.subln,
+        use_rot_pos_emb=vision.rope, ref_feat_shape=(vision.pt_hw_seq_len,) * 2 if vision.rope else None,
+        init_values=vision.ls_init_value, use_post_norm=vision.postnorm,
+    )
+
+
+def _timm_trunk_name(kwargs: Dict[str, Any]) -> Union[str, None]:
+    wanted = {**TIMM_EVA_DEFAULTS, **kwargs}
+    for name, trunk in TIMM_EVA_CLIP_TRUNKS.items():
+        known = {**TIMM_EVA_DEFAULTS, **trunk}
+        if all(known[k] == v if not isinstance(v, float) else math.isclose(known[k], v) for k, v in wanted.items()):
+            return name
+    return None
+
+
+def _preprocess_cfg(preprocess: PreprocessConfig, image_size) -> Dict[str, Any]:
+    return {"size": image_size, "mean": list(preprocess.mean), "std": list(preprocess.std),
+            "interpolation": preprocess.interpolation, "resize_mode": preprocess.resize_mode,
+            "fill_color": preprocess.fill_color}
+
+
+def open_clip_files(config: CLIPConfig, state: State) -> Files:
+    """open_clip's hub layout of a paddlemix CLIP / EVA-CLIP / CoCa (state in Paddle layout)."""
+    vision, text = config.vision_cfg, config.text_cfg
+    problems = inexpressible_settings("text_cfg", text, OPEN_CLIP_TEXT_KEYS)
+    is_eva, is_coca = config.model_type == "evaclip", config.model_type == "coca"
+    extra: Dict[str, Any] = {}
+    if is_eva:
+        kwargs = _timm_eva_kwargs(vision, problems)
+        name = _timm_trunk_name(kwargs)
+        if name is None:
+            # a timm model name: letters, digits and '_' ('.' would start a pretrained tag)
+            name = "paddlemix_eva_" + re.sub(r"[^0-9a-z]+", "_", (config.name or "custom").lower())
+            extra["timm_model_kwargs"] = kwargs
+            logger.warning("no timm EVA-CLIP trunk has this tower's options: %s names it %r, with its timm Eva "
+                           "kwargs under timm_model_kwargs; register that name with timm before open_clip.create_model",
+                           OPEN_CLIP_CONFIG, name)
+        vision_cfg = {"image_size": vision.image_size, "timm_model_name": name, "timm_model_pretrained": False,
+                      "timm_pool": "token" if vision.pool_type == "tok" else "avg", "timm_proj": None}
+        if vision.drop_path_rate:
+            vision_cfg["timm_drop_path"] = vision.drop_path_rate
+    else:
+        problems += inexpressible_settings("vision_cfg", vision, OPEN_CLIP_VISION_KEYS + ("norm_eps",))
+        vision_cfg = {key: getattr(vision, key) for key in OPEN_CLIP_VISION_KEYS}
+        if not math.isclose(vision.norm_eps, OPEN_CLIP_NORM_EPS):
+            vision_cfg["norm_kwargs"] = {"eps": vision.norm_eps}
+    _refuse_if(problems, "open_clip", config)
+    text_cfg = {key: getattr(text, key) for key in OPEN_CLIP_TEXT_KEYS}
+    model_cfg: Dict[str, Any] = {"embed_dim": config.embed_dim, "quick_gelu": config.quick_gelu,
+                                 "init_logit_scale": config.init_logit_scale,
+                                 "vision_cfg": vision_cfg, "text_cfg": text_cfg}
+    if is_coca:
+        vision_cfg["output_tokens"] = text_cfg["output_tokens"] = True
+        model_cfg["multimodal_cfg"] = {key: getattr(config.multimodal_cfg, key) for key in OPEN_CLIP_DECODER_KEYS}
+    if is_eva or is_coca:
+        model_cfg["custom_text"] = True
+    torch_state = paddle_to_torch_layout(state)
+    eva_trunk = (not vision.rope, "norm" if vision.pool_type == "tok" else "fc_norm") if is_eva else None
+    hub_config = {"model_cfg": model_cfg, "preprocess_cfg": _preprocess_cfg(config.preprocess_cfg, vision.image_size),
+                  **extra}
+    return {OPEN_CLIP_CONFIG: hub_config,
+            OPEN_CLIP_WEIGHTS: to_open_clip(torch_state, text_at_top=not (is_eva or is_coca), eva_trunk=eva_trunk)}
+
+
+def hf_files(config: CLIPConfig, state: State) -> Files:
+    """transformers' CLIPModel folder of a paddlemix CLIP (state in Paddle layout)."""
+    try:
+        hf_config = hf_config_from_clip(config)
+    except ValueError as err:
+        raise ExportRefused(f"hf: {err}") from err
+    preprocess = config.preprocess_cfg
+    if preprocess.resize_mode != "shortest":
+        logger.warning("preprocess_cfg.resize_mode=%r: CLIPImageProcessor resizes the shortest side and crops; "
+                       "preprocessor_config.json says so", preprocess.resize_mode)
+    size = hf_config["vision_config"]["image_size"]
+    processor = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
+                 "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_rescale": True,
+                 "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+                 "image_mean": list(preprocess.mean), "image_std": list(preprocess.std),
+                 "resample": PIL_RESAMPLE[preprocess.interpolation]}
+    return {"config.json": hf_config, "preprocessor_config.json": processor,
+            "model.safetensors": to_hf(paddle_to_torch_layout(state))}
+
+
+FORMATS = {"hf": hf_files, "open_clip": open_clip_files}
+
+
+def export_files(fmt: str, config: CLIPConfig, state: State) -> Files:
+    """Everything `fmt` needs for this model, in memory; ExportRefused (nothing written) if it cannot express it."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--to {fmt!r} is not supported; choose from {', '.join(sorted(FORMATS))}")
+    return FORMATS[fmt](config, state)
+
+
+def write_files(files: Files, output: Path) -> None:
+    from safetensors.numpy import save_file
+
+    output.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        if name.endswith(".safetensors"):
+            # safetensors writes an array's memory as it lies: transposed views must be copied in order first
+            state = {key: np.array(value, order="C") for key, value in content.items()}
+            save_file(state, str(output / name), metadata={"format": "pt"})  # transformers checks "format"
+        else:
+            (output / name).write_text(json.dumps(content, indent=2) + "\n")
