@@ -7,6 +7,8 @@ purpose, and measured here: EVA's attention sub-LN epsilon (EVA-CLIP's 1e-6; Pad
 and CoCa's padding mask (open_clip 3's, which changes only the logits after a caption has ended).
 """
 
+import dataclasses
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +18,9 @@ import paddle
 import pytest
 
 from paddlemix import AutoConfig, AutoModel
+from paddlemix.models import registry
+from paddlemix.models.checkpoint_formats import convert_state
+from paddlemix.models.state_dict import check_state_dict
 from paddlemix.tools.convert import main as convert_main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "paddlemix"
@@ -134,3 +139,71 @@ def test_paddlemix_checkpoint_missing_a_projection_is_refused_with_the_keys(tmp_
     paddle.save(state, str(target / "model_state.pdparams"))
     with pytest.raises(ValueError, match=r"missing \(1\): text\.transformer\.resblocks\.1\.attn\.qkv\.weight"):
         AutoModel.from_pretrained(str(target))
+
+
+def published_layouts():
+    with gzip.open(FIXTURES / "published_layouts.json.gz", "rt") as file:
+        return json.load(file)
+
+
+# Tower options that change how a model runs, not its weights (the layouts were recorded without them).
+RUNTIME_OPTIONS = ("xattn", "drop_path_rate", "patch_dropout")
+
+
+def architecture(config, depth: int) -> dict:
+    towers = {}
+    for tower in config.tower_configs():
+        if tower == "preprocess_cfg":  # how images are prepared, not the weights' layout
+            continue
+        values = dataclasses.asdict(getattr(config, tower))
+        values.update(layers=depth, **{key: None for key in RUNTIME_OPTIONS if key in values})
+        towers[tower] = values
+    return dict(towers, model_type=config.model_type, embed_dim=config.embed_dim, quick_gelu=config.quick_gelu)
+
+
+@pytest.mark.parametrize("name", sorted(published_layouts()))
+def test_every_published_name_maps_paddlemix_keys_and_shapes_onto_its_registry_architecture(name, tmp_path):
+    """PaddleMIX's state dict for the name's architecture (its own code's keys and shapes, recorded at
+    depth 2 by make_paddlemix_fixtures.py) converts to exactly our model's keys and shapes, and its
+    config translates to the registry's architecture."""
+    layout = published_layouts()[name]
+    depth = layout["config"]["vision_cfg"]["layers"]
+    (tmp_path / "config.json").write_text(json.dumps(dict(layout["config"], architectures=["PaddleMIX"])))
+    ours = AutoConfig.from_pretrained(name)
+    assert architecture(AutoConfig.from_pretrained(str(tmp_path)), depth) == architecture(ours, depth)
+    for tower in ours.tower_configs():
+        if tower != "preprocess_cfg":
+            getattr(ours, tower).layers = depth
+    # Zero-stride stand-ins: the mapping reads shapes, so nothing of model size is allocated up front.
+    state = {key: np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape, [0] * len(shape))
+             for key, shape in layout["shapes"].items()}
+    with paddle.LazyGuard():
+        model = AutoModel.from_config(ours)
+    expected = {key: tuple(int(d) for d in value.shape) for key, value in model.state_dict().items()}
+    check_state_dict(expected, convert_state("paddlemix", state), source=f"PaddleMIX's {name}")
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_DTYPE))
+def test_published_name_loads_paddlemix_weights_from_ppmix_home(name, tmp_path, monkeypatch):
+    """`from_pretrained(<published name>)` with PaddleMIX's file in $PPMIX_HOME/models/<name>/: the
+    tiny fixture stands in for the full-size model under a registry name of its own."""
+    source = directory(name, published=True)
+    family = {"pmix_clip": "CLIP", "pmix_coca": "CoCa"}.get(name, "EVA")
+    registry_name = f"paddlemix/{family}/{name}-published"
+    configs = tmp_path / "model_configs" / family
+    configs.mkdir(parents=True)
+    AutoConfig.from_pretrained(str(source)).save_pretrained(configs)  # the registry entry, in our format
+    (configs / "config.json").rename(configs / f"{name}-published.json")
+    monkeypatch.setattr(registry, "MODEL_CONFIG_DIR", tmp_path / "model_configs")
+    monkeypatch.setenv("PPMIX_HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home" / "models" / registry_name
+    cache.mkdir(parents=True)
+    shutil.copy(source / "model_state.pdparams", cache / "model_state.pdparams")
+
+    model = AutoModel.from_pretrained(registry_name)
+    reference = np.load(FIXTURES / f"{name}.io.npz")
+    if name == "pmix_eva02":
+        set_inner_attention_eps(model, PADDLEMIX_INNER_ATTN_EPS)
+    ours = outputs(model, reference)
+    assert max_diff(ours, reference, PUBLISHED_DTYPE[name], "image_features") < TOLERANCE
+    assert max_diff(ours, reference, PUBLISHED_DTYPE[name], "text_features") < TOLERANCE

@@ -3,11 +3,13 @@
     python -m paddlemix.tools.convert --source open_clip --model paddlemix/CLIP/ViT-B-32 \\
         --checkpoint open_clip_model.safetensors --output ./ViT-B-32
 
-Sources: `open_clip` (CLIP, and EVA-CLIP with its timm trunk `visual.trunk.*`) and `eva_clip` (the
-EVA-CLIP repository's checkpoints: `visual.blocks.N.attn.q_proj`, `mlp.w1/w2/w3`, `ffn_ln`, ...).
-`--model` is a registry name or a model config JSON (paddlemix's, or open_clip's for plain CLIP).
-`--checkpoint` is a `.safetensors` state dict (open_clip's published format) or a `.npz` (plain
-keys, or `sd/<key>` as written by the reference dump). Every key must map, every model weight must
+Sources: `open_clip` (CLIP, and EVA-CLIP with its timm trunk `visual.trunk.*`), `eva_clip` (the
+EVA-CLIP repository's checkpoints: `visual.blocks.N.attn.q_proj`, `mlp.w1/w2/w3`, `ffn_ln`, ...) and
+`paddlemix` (PaddleMIX's CLIP / EVA-CLIP / CoCa `model_state.pdparams`).
+`--model` is a registry name or a model config JSON (paddlemix's, PaddleMIX's `config.json`, or
+open_clip's). `--checkpoint` is a `.safetensors` state dict (open_clip's published format), a
+`.pdparams` (read without running code: only arrays and plain containers are accepted) or a `.npz`
+(plain keys, or `sd/<key>` as written by the reference dump). Every key must map, every model weight must
 be filled and every shape must match: otherwise nothing is written and the offending keys are
 listed. The one tensor adapted is the image position embedding, resampled when the checkpoint was
 trained at another resolution (as EVA-CLIP does for its 336-pixel models).
@@ -38,15 +40,19 @@ from ..models.modeling_utils import parameter_count
 from ..models.state_dict import StateDictMismatchError, check_state_dict
 from ..utils.log import logger
 from ..models.checkpoint_formats import SOURCES, convert_state
+from ..models.checkpoint_formats.paddlemix import config_from_paddlemix, is_paddlemix_config
+from ..models.weights_file import read_pdparams
 from ..models.checkpoint_formats.export import FORMATS, export_files, write_files
 from ..models.checkpoint_formats.hf import read_hf_folder
 
 POSITIONAL_EMBEDDING = "visual.positional_embedding"
 
 def read_checkpoint(path: Path) -> Dict[str, np.ndarray]:
-    """A state dict of numpy arrays from `.safetensors` or `.npz`."""
+    """A state dict of numpy arrays from `.safetensors`, `.npz` or `.pdparams` (read without running code)."""
     if not path.is_file():
         raise FileNotFoundError(f"--checkpoint {path}: no such file")
+    if path.suffix == ".pdparams":
+        return read_pdparams(path)
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
@@ -58,7 +64,7 @@ def read_checkpoint(path: Path) -> Dict[str, np.ndarray]:
                 return {k[3:]: archive[k] for k in keys if k.startswith("sd/")}
             return {k: archive[k] for k in keys}
     raise ValueError(
-        f"--checkpoint {path}: unsupported format '{path.suffix}'; give a .safetensors or .npz state dict "
+        f"--checkpoint {path}: unsupported format '{path.suffix}'; give a .safetensors, .npz or .pdparams state dict "
         "(a torch .pt/.bin can be re-saved with safetensors.torch.save_file(model.state_dict(), 'x.safetensors'))"
     )
 
@@ -75,6 +81,8 @@ def read_model_config(model: str) -> CLIPConfig:
     path = Path(model)
     if path.suffix == ".json" and path.is_file():
         values = json.loads(path.read_text())
+        if is_paddlemix_config(values):  # PaddleMIX's config.json
+            values = config_from_paddlemix(values, where=str(path))
         if "model_cfg" in values:  # open_clip's hub layout (open_clip_config.json)
             values = dict(values["model_cfg"], preprocess_cfg={
                 k: v for k, v in values.get("preprocess_cfg", {}).items() if k != "size"})
@@ -151,7 +159,7 @@ def main(argv=None) -> int:
     direction.add_argument("--to", choices=sorted(FORMATS), help="export: the format to write")
     parser.add_argument("--model", help="registry name (paddlemix/CLIP/ViT-B-32) or config JSON; for --to, "
                         "also a paddlemix model directory; not with --source hf")
-    parser.add_argument("--checkpoint", type=Path, help="import: .safetensors or .npz state dict (hf: the folder)")
+    parser.add_argument("--checkpoint", type=Path, help="import: .safetensors, .pdparams or .npz state dict (hf: the folder)")
     parser.add_argument("--output", required=True, type=Path, help="directory to write")
     args = parser.parse_args(argv)
     if args.to and (args.model is None or args.checkpoint is not None):

@@ -57,11 +57,12 @@ EVA_FIXED = {"use_abs_pos_emb": True, "use_rel_pos_bias": False, "use_shared_rel
 
 
 def is_paddlemix_config(values: Dict[str, Any]) -> bool:
-    """PaddleMIX's config.json, as opposed to paddlemix's: PaddleNLP's PretrainedConfig fields, or
-    PaddleMIX's vision-tower names (`n_queries`, EVA's `qkv_bias` / `use_mean_pooling`)."""
+    """PaddleMIX's config.json, as opposed to paddlemix's or open_clip's (which share `custom_text`):
+    PaddleNLP's PretrainedConfig fields, or PaddleMIX's own vision-tower names (`n_queries`, EVA's
+    `qkv_bias` / `use_mean_pooling`)."""
     vision = values.get("vision_cfg", {})
     return (
-        "architectures" in values or "vision_config" in values or "custom_text" in values
+        "architectures" in values or "vision_config" in values
         or any(key in vision for key in ("n_queries", "qkv_bias", "use_mean_pooling", "global_average_pool"))
     )
 
