@@ -1,12 +1,16 @@
 """LaionDataset: PaddleMIX LAION part files streamed, shuffled, split over readers, bad lines counted.
 
-Part files are written into tmp_path by the helpers below.
+Every line of the fixture part (tests/fixtures/laion_part-00000, made by make_laion_fixtures.py) is
+checked against what PaddleMIX's own reader yielded for it (laion_part.expected.json). The streaming
+tests write more parts into tmp_path with `part_line`, which writes the fixture's layout.
 """
 
 import base64
 import gzip
+import hashlib
 import io
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -15,13 +19,17 @@ import pytest
 from PIL import Image
 
 from paddlemix.data import sharding
-from paddlemix.data.laion import LaionDataset
-from paddlemix.data.samples import AllSamplesBadError
+from paddlemix.data.laion import LaionDataset, parse_laion_line
+from paddlemix.data.samples import AllSamplesBadError, BadSample, decode_image
 from paddlemix.processors import image_transform
 
 from streaming_helpers import read_epochs
 
 TRANSFORM = image_transform(8, is_train=False)
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE_PART = FIXTURES / "laion_part-00000"
+EXPECTED = json.loads((FIXTURES / "laion_part.expected.json").read_text(encoding="utf-8"))["lines"]
+FIXTURE_LINES = FIXTURE_PART.read_bytes().splitlines(keepends=True)
 
 
 def encoded_image(shade: int, size=(12, 10), image_format="JPEG") -> bytes:
@@ -30,15 +38,15 @@ def encoded_image(shade: int, size=(12, 10), image_format="JPEG") -> bytes:
     return buffer.getvalue()
 
 
-def part_line(meta, image: bytes, codec: str = "utf-8") -> bytes:
-    """A PaddleMIX LAION line: id, JSON captions, two unused fields, base64 image."""
+def part_line(meta, image: bytes, key: int = 0, codec: str = "utf-8") -> bytes:
+    """A line in PaddleMIX's layout, as the fixture writes it: key, URL, JSON captions, NONE, NONE, base64."""
     text = json.dumps(meta, ensure_ascii=False) if isinstance(meta, dict) else meta
-    fields = ["id", text, "url", "0.3", base64.b64encode(image).decode("ascii")]
+    fields = [f"{key:09d}", f"https://example.com/{key}.jpg", text, "NONE", "NONE", base64.b64encode(image).decode()]
     return "\t".join(fields).encode(codec) + b"\n"
 
 
 def good_lines(prefix: str, count: int):
-    return [part_line({"caption_en": f"{prefix} {i}"}, encoded_image(i)) for i in range(count)]
+    return [part_line({"caption_en": f"{prefix} {i}"}, encoded_image(i), key=i) for i in range(count)]
 
 
 def write_dataset(tmp_path, parts, gzipped=(), header=b"") -> str:
@@ -55,6 +63,51 @@ def write_dataset(tmp_path, parts, gzipped=(), header=b"") -> str:
     return str(filelist)
 
 
+def rgb_digest(image: Image.Image) -> dict:
+    rgb = image.convert("RGB")  # PaddleMIX converts on decoding; we after resizing (see samples.decode_image)
+    return {"size": list(rgb.size), "rgb_sha256": hashlib.sha256(rgb.tobytes()).hexdigest()}
+
+
+def good_paddlemix_caption(verdict: dict) -> bool:
+    caption = verdict.get("caption")
+    return isinstance(caption, str) and bool(caption.strip())
+
+
+def test_fixture_is_the_part_paddlemix_judged():
+    assert len(FIXTURE_LINES) == len(EXPECTED) == 38
+    assert gzip.decompress((FIXTURES / "laion_part-00000.gz").read_bytes()) == FIXTURE_PART.read_bytes()
+
+
+@pytest.mark.parametrize("record", EXPECTED, ids=lambda record: f"line{record['line']}-{record['label']}")
+def test_each_fixture_line_yields_paddlemix_caption_and_image_or_is_skipped_under_its_reason(record):
+    line = FIXTURE_LINES[record["line"] - 1]
+    paddlemix = record["paddlemix"]
+    parsed = parse_laion_line(line, f"laion_part-00000:{record['line']}")
+    image = parsed if isinstance(parsed, BadSample) else decode_image(parsed.image, parsed.where)
+    if record["label"] == "good":
+        assert good_paddlemix_caption(paddlemix)
+        assert parsed.caption == paddlemix["caption"]
+        assert rgb_digest(image) == {"size": paddlemix["size"], "rgb_sha256": paddlemix["rgb_sha256"]}
+    else:
+        assert isinstance(image, BadSample) and image.reason == record["label"]
+        # Skipped here and yielded by PaddleMIX only where its caption is blank or not a string (module doc).
+        assert "rejected_by" in paddlemix or not good_paddlemix_caption(paddlemix)
+
+
+def test_fixture_parts_plain_and_gzipped_stream_paddlemix_captions_and_count_every_other_line():
+    filelist = FIXTURES / "laion_part.filelist"  # names both parts, relative to its own folder
+    captions, skipped = read_epochs(LaionDataset(filelist, TRANSFORM, shuffle_buffer=0, epochs=1))
+    good = [record["paddlemix"]["caption"] for record in EXPECTED if record["label"] == "good"]
+    assert len(good) == 15
+    assert sorted(captions) == sorted(good * 2)
+    bad = Counter(record["label"] for record in EXPECTED if record["label"] != "good")
+    assert skipped == Counter({reason: 2 * count for reason, count in bad.items()})
+
+
+def test_part_line_helper_writes_the_fixture_layout():
+    record = parse_laion_line(FIXTURE_LINES[0], "line 1")
+    fields = FIXTURE_LINES[0].decode().split("\t")
+    assert part_line(json.loads(fields[2]), record.image, key=0) == FIXTURE_LINES[0]
 
 
 def test_reads_plain_and_gzipped_parts_named_in_the_filelist(tmp_path):
@@ -65,48 +118,20 @@ def test_reads_plain_and_gzipped_parts_named_in_the_filelist(tmp_path):
     assert skipped == Counter()
 
 
-def test_caption_falls_back_to_blip_caption_en(tmp_path):
-    lines = [
-        part_line({"caption_en": "english"}, encoded_image(1)),
-        part_line({"blip_caption_en": "blip only"}, encoded_image(2)),
-        part_line({"caption_en": "  ", "blip_caption_en": "blip after blank"}, encoded_image(3)),
-    ]
-    captions, _ = read_epochs(LaionDataset(write_dataset(tmp_path, [lines]), TRANSFORM, epochs=1))
-    assert sorted(captions) == ["blip after blank", "blip only", "english"]
-
-
-def test_gb18030_line_decodes(tmp_path):
-    caption = "一只猫在沙发上睡觉"
-    with pytest.raises(UnicodeDecodeError):  # so the line needs the fallback codec
-        caption.encode("gb18030").decode("utf-8")
-    lines = [part_line({"caption_en": caption}, encoded_image(1), codec="gb18030")]
-    captions, skipped = read_epochs(LaionDataset(write_dataset(tmp_path, [lines]), TRANSFORM, epochs=1))
-    assert captions == [caption] and skipped == Counter()
-
-
-def test_every_bad_line_is_skipped_and_counted_under_its_reason(tmp_path):
-    jpeg = encoded_image(7)
-    caption = {"caption_en": "a bad one"}
-    bad = {
-        "bad_base64": [b"id\t" + json.dumps(caption).encode() + b"\turl\t0.3\tnot*base64!\n",
-                       b"id\t" + json.dumps(caption).encode() + b"\turl\n"],  # no image field
-        "not_an_image": [part_line(caption, b"these bytes are text, not an image")],
-        "truncated_image": [part_line(caption, jpeg[: len(jpeg) // 2])],
-        "tiny_image": [part_line(caption, encoded_image(7, size=(3, 3), image_format="PNG"))],
-        "empty_file": [part_line(caption, b"")],
-        "empty_caption": [part_line({"caption_en": " "}, jpeg), part_line({"other": "x"}, jpeg),
-                          part_line("{not json", jpeg), b"\n"],
-        # 0xff starts no character in UTF-8 or in gb18030
-        "invalid_utf8": [b'id\t{"caption_en": "\xff\xfe"}\turl\t0.3\t' + base64.b64encode(jpeg) + b"\n"],
+def test_hostile_lines_are_skipped_and_counted_not_raised(tmp_path):
+    jpeg = encoded_image(1)
+    hostile = {
+        "empty_caption": [
+            b"x" * 10_000_000 + b"\n",  # a 10 MB line without a field separator
+            part_line("[" * 100_000, jpeg),  # JSON nested past the recursion limit
+            part_line("1" * 5_000, jpeg),  # an integer past Python's digit limit
+        ],
+        "not_an_image": [part_line({"caption_en": "a 10 MB image field"}, b"")[:-1] + b"A" * 10_000_000 + b"\n"],
     }
-    good = good_lines("good", len(bad))
-    lines = []
-    for bad_lines in bad.values():
-        lines += bad_lines + [good.pop()]
-    filelist = write_dataset(tmp_path, [lines])
-    captions, skipped = read_epochs(LaionDataset(filelist, TRANSFORM, shuffle_buffer=4, epochs=1))
-    assert sorted(captions) == sorted(f"good {i}" for i in range(len(bad)))
-    assert skipped == Counter({reason: len(bad_lines) for reason, bad_lines in bad.items()})
+    lines = [line for bad in hostile.values() for line in bad] + good_lines("good", 1)
+    captions, skipped = read_epochs(LaionDataset(write_dataset(tmp_path, [lines]), TRANSFORM, epochs=1))
+    assert captions == ["good 0"]
+    assert skipped == Counter({reason: len(bad) for reason, bad in hostile.items()})
 
 
 def test_part_file_of_only_bad_lines_raises_all_samples_bad_error(tmp_path):
@@ -116,12 +141,33 @@ def test_part_file_of_only_bad_lines_raises_all_samples_bad_error(tmp_path):
         next(iter(dataset))
 
 
-def test_missing_part_file_is_named_with_its_filelist_line(tmp_path):
+def test_missing_part_file_is_named_with_its_filelist_line_and_both_places_looked(tmp_path, monkeypatch):
     filelist = write_dataset(tmp_path, [good_lines("a", 1)])
     with open(filelist, "a") as handle:
         handle.write("part-missing.gz\n")
-    with pytest.raises(FileNotFoundError, match=r"filelist.txt:2: part file 'part-missing.gz'"):
+    monkeypatch.chdir(tmp_path / "..")
+    with pytest.raises(FileNotFoundError, match=r"filelist.txt:2: part file 'part-missing.gz' does not exist "
+                                                r"\(looked for .*part-missing.gz and .*part-missing.gz\)"):
         LaionDataset(filelist, TRANSFORM)
+
+
+def test_relative_part_paths_resolve_from_the_current_directory_first_as_in_paddlemix(tmp_path, monkeypatch):
+    # PaddleMIX opens the listed paths as given, so its filelists are relative to where training runs.
+    (tmp_path / "data" / "parts").mkdir(parents=True)
+    (tmp_path / "data" / "parts" / "part-00000").write_bytes(b"".join(good_lines("from the working dir", 1)))
+    (tmp_path / "data" / "filelist").mkdir()
+    filelist = tmp_path / "data" / "filelist" / "train.filelist"
+    filelist.write_text("data/parts/part-00000\n")
+    monkeypatch.chdir(tmp_path)
+    captions, _ = read_epochs(LaionDataset(filelist, TRANSFORM, epochs=1))
+    assert captions == ["from the working dir 0"]
+    (tmp_path / "data" / "filelist" / "data" / "parts").mkdir(parents=True)
+    (tmp_path / "data" / "filelist" / "data" / "parts" / "part-00000").write_bytes(b"".join(good_lines("beside", 1)))
+    captions, _ = read_epochs(LaionDataset(filelist, TRANSFORM, epochs=1))
+    assert captions == ["from the working dir 0"]
+    monkeypatch.chdir(tmp_path / "data")  # not found from here: the path beside the filelist is used
+    captions, _ = read_epochs(LaionDataset(filelist, TRANSFORM, epochs=1))
+    assert captions == ["beside 0"]
 
 
 def test_damaged_gzip_part_raises_naming_the_part(tmp_path):

@@ -1,12 +1,11 @@
 """The shard packer: every source packs its good samples, skips and counts bad ones, and resumes exactly."""
 
-import base64
-import gzip
 import hashlib
 import io
 import itertools
 import json
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -159,46 +158,40 @@ def test_csv_source_resolves_image_paths_against_the_csv_folder(tmp_path):
     assert manifest["source"]["separator"] == "\t"
 
 
-def laion_line(caption_json, image_field: str) -> bytes:
-    fields = ["id", caption_json, "url", "0.3", image_field]
-    return "\t".join(fields).encode("utf-8") + b"\n"
+LAION_FIXTURES = Path(__file__).parent / "fixtures"  # made by make_laion_fixtures.py, judged by PaddleMIX's reader
 
 
-def test_laion_source_reads_gzip_parts_base64_images_and_gb18030_text(tmp_path):
-    good = [encoded_image(seed) for seed in range(4)]
-    b64 = [base64.b64encode(data).decode() for data in good]
-    # Some Chinese in gb18030 happens to be valid UTF-8 too; this phrase is not, so the fallback is exercised.
-    chinese = laion_line(json.dumps({"caption_en": "中文标题 a cat"}, ensure_ascii=False), b64[2])
-    chinese = chinese.replace("中文标题".encode("utf-8"), "中文标题".encode("gb18030"))
-    part_one = b"".join([
-        laion_line(json.dumps({"caption_en": "a dog"}), b64[0]),
-        laion_line(json.dumps({"blip_caption_en": "a blip caption"}), b64[1]),
-        laion_line(json.dumps({"caption_en": "bad image"}), "not base64!!"),
-        laion_line(json.dumps({"caption_en": "no image field"}), "")[:-1].rsplit(b"\t", 1)[0] + b"\n",
-        laion_line(json.dumps({"caption_en": ""}), b64[0]),
-        laion_line("{not json", b64[0]),
-        b"id\t{\"caption_en\": \"x\"}\t\xff\xff\t0\t" + b64[0].encode() + b"\n",
-        chinese,
-    ])
-    with gzip.open(tmp_path / "part-00000.gz", "wb") as handle:
-        handle.write(part_one)
-    part_two = tmp_path / "sub" / "part-00001"
-    part_two.parent.mkdir()
-    part_two.write_bytes(laion_line(json.dumps({"caption_en": "a cat", "blip_caption_en": "unused"}), b64[3]))
-    (tmp_path / "filelist.txt").write_text("part-00000.gz\n\nsub/part-00001\n")
-
-    assert main(["--from", "laion", "--filelist", str(tmp_path / "filelist.txt"),
-                 "--output", str(tmp_path / "out"), "--shard-size", "2"]) == 0
+def test_laion_source_packs_what_paddlemix_reads_from_plain_and_gzipped_parts(tmp_path):
+    expected = json.loads((LAION_FIXTURES / "laion_part.expected.json").read_text(encoding="utf-8"))["lines"]
+    lines = (LAION_FIXTURES / "laion_part-00000").read_bytes().splitlines(keepends=True)
+    assert main(["--from", "laion", "--filelist", str(LAION_FIXTURES / "laion_part.filelist"),  # plain, then .gz
+                 "--output", str(tmp_path / "out"), "--shard-size", "4"]) == 0
 
     samples = read_shards(tmp_path / "out")
-    assert [(key, members["txt"].decode()) for key, members in samples] == [
-        ("000000000", "a dog"), ("000000001", "a blip caption"),
-        ("000000007", "中文标题 a cat"), ("000000008", "a cat"),
-    ]
-    assert [members["jpg"] for _, members in samples] == [good[0], good[1], good[2], good[3]]
-    assert json.loads(samples[3][1]["json"]) == {"caption_en": "a cat", "blip_caption_en": "unused"}
+    good = [record for record in expected if record["label"] == "good"]
+    assert [key for key, _ in samples] == [f"{part * len(lines) + record['line'] - 1:09d}"
+                                           for part in range(2) for record in good]
+    for (key, members), record in zip(samples, good * 2):
+        paddlemix = record["paddlemix"]
+        assert members["txt"].decode("utf-8") == paddlemix["caption"], key
+        (image_bytes,) = [data for extension, data in members.items() if extension not in ("txt", "json")]
+        rgb = Image.open(io.BytesIO(image_bytes)).convert("RGB")
+        assert list(rgb.size) == paddlemix["size"], key
+        assert hashlib.sha256(rgb.tobytes()).hexdigest() == paddlemix["rgb_sha256"], key
+        line = lines[record["line"] - 1]
+        codec = "gb18030" if "gb18030" in paddlemix["caption"] else "utf-8"
+        assert json.loads(members["json"]) == json.loads(line.decode(codec).strip().split("\t")[2]), key
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["skipped"] == {"bad_base64": 2, "empty_caption": 2, "invalid_utf8": 1}
+    bad = Counter(record["label"] for record in expected if record["label"] != "good")
+    assert manifest["skipped"] == {reason: 2 * count for reason, count in sorted(bad.items())}
+
+
+def test_laion_source_names_a_gzipped_part_that_is_cut_short(tmp_path):
+    part = tmp_path / "part-00000.gz"
+    part.write_bytes((LAION_FIXTURES / "laion_part-00000.gz").read_bytes()[:-100])
+    (tmp_path / "filelist").write_text("part-00000.gz\n")
+    with pytest.raises(OSError, match=r"part-00000.gz: damaged after line \d+"):
+        list(packer.laion_records(tmp_path / "filelist"))
 
 
 def test_folder_source_pairs_images_with_their_txt_in_sorted_path_order(tmp_path):

@@ -1,34 +1,56 @@
 """LAION part files in PaddleMIX's format, streamed (see `streaming.StreamingDataset`).
 
-A part file has one sample per line, tab-separated: field 1 is a JSON object whose caption is
-`caption_en`, else `blip_caption_en`; field 4 is the base64-encoded image. Lines are UTF-8, else
-gb18030 (the Chinese parts). Parts may be gzipped (`.gz`).
+The format is the one PaddleMIX's `paddlemix/datasets/laiondata.py` reads (`LaionDataset.parse_line`):
+one sample per line, tab-separated; field 2 is a JSON object whose caption is `caption_en`, else
+`blip_caption_en`; field 5 is the base64-encoded image; the other fields are not read. Lines end at
+b"\\n" and are UTF-8, else gb18030 (the Chinese parts); a part whose name ends in `.gz` is gzipped.
+As in PaddleMIX, the whole line is stripped of surrounding whitespace before it is split (so an
+empty field 0 shifts the fields, there as here), the base64 is decoded without validation
+(characters outside the alphabet are dropped) and an image must be at least MIN_IMAGE_SIDE (5) pixels
+a side. `tests/fixtures/make_laion_fixtures.py` checks the test part line by line against PaddleMIX's
+own reader.
+
+A filelist names the part files, one per line (blank lines and '#' lines ignored). A relative path
+is looked for in the current directory first, as PaddleMIX does, then next to the filelist.
 
 Bad lines are skipped and counted under `samples.REASONS`; a malformed line is named after the
 first thing it lacks, checked in this order:
   - bytes that are neither UTF-8 nor gb18030            -> invalid_utf8
-  - fewer than 2 fields, field 1 not a JSON object, or
-    neither caption key holding a non-blank string     -> empty_caption (the caption is missing)
-  - fewer than 5 fields, or field 4 not valid base64    -> bad_base64 (the image field does not decode)
+  - fewer than 3 fields, field 2 not a JSON object, or
+    its caption not a non-blank string                  -> empty_caption (the caption is missing)
+  - fewer than 6 fields, or field 5 not base64          -> bad_base64 (the image field does not decode)
   - decoded bytes that are empty / not an image / cut
     short / smaller than MIN_IMAGE_SIDE                 -> empty_file / not_an_image /
                                                            truncated_image / tiny_image (decode_image)
-A blank line is a line with too few fields, so it counts as empty_caption.
+A blank line is a line with too few fields, so it counts as empty_caption. A gzipped part that is
+cut short or corrupt stops the reader with an OSError naming the part and the last good line.
+
+Deliberate differences from PaddleMIX, each a sample it would train on although it is bad:
+  - The caption key is chosen as PaddleMIX chooses it (`caption_en` whenever that key is present),
+    but a caption that is blank or not a string (`""`, `null`, a number) is skipped as
+    empty_caption; PaddleMIX trains on it (and on "" when neither key is present).
+  - Images over PIL's decompression-bomb limit (89M pixels) are skipped as not_an_image; PaddleMIX
+    decodes them up to twice that size.
+Captions are otherwise yielded exactly as PaddleMIX yields them (surrounding spaces kept).
 """
 
 import base64
-import binascii
 import gzip
 import json
 import os
 import zlib
-from typing import Callable, Iterator, List, Optional, Union
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
-from .samples import BadSample, clean_caption, decode_text
+from .samples import BadSample, decode_text
 from .streaming import Record, StreamingDataset
 
-CAPTION_KEYS = ("caption_en", "blip_caption_en")  # PaddleMIX's LAION parts: English caption, else BLIP's
-CAPTION_FIELD, IMAGE_FIELD = 1, 4
+CAPTION_KEY, FALLBACK_CAPTION_KEY = "caption_en", "blip_caption_en"  # English caption, else BLIP's
+CAPTION_FIELD, IMAGE_FIELD = 2, 5  # PaddleMIX's laiondata.py: json.loads(vec[2]), vec[5]
+
+
+def split_laion_line(text: str) -> List[str]:
+    """The fields of a decoded part-file line, split as PaddleMIX splits them (whole line stripped first)."""
+    return text.strip().split("\t")
 
 
 def parse_laion_line(line: bytes, where: str) -> Union[Record, BadSample]:
@@ -36,39 +58,55 @@ def parse_laion_line(line: bytes, where: str) -> Union[Record, BadSample]:
     text = decode_text(line, where, fallback="gb18030")
     if isinstance(text, BadSample):
         return text
-    fields = text.rstrip("\r\n").split("\t")
+    fields = split_laion_line(text)
     try:
         meta = json.loads(fields[CAPTION_FIELD])
-    except (IndexError, json.JSONDecodeError):
+    except (IndexError, ValueError, RecursionError):  # ValueError: bad JSON, or an integer too long to read
         return BadSample("empty_caption", where)
     if not isinstance(meta, dict):
         return BadSample("empty_caption", where)
-    captions = [clean_caption(meta.get(key), where) for key in CAPTION_KEYS]
-    caption = next((text for text in captions if isinstance(text, str)), captions[0])
-    if isinstance(caption, BadSample):
-        return caption
+    caption = meta.get(CAPTION_KEY, meta.get(FALLBACK_CAPTION_KEY))
+    if not isinstance(caption, str) or not caption.strip():
+        return BadSample("empty_caption", where)
     try:
-        image = base64.b64decode(fields[IMAGE_FIELD].strip(), validate=True)
-    except (IndexError, binascii.Error):
+        image = base64.b64decode(fields[IMAGE_FIELD])  # not validating, as PaddleMIX decodes
+    except (IndexError, ValueError):  # ValueError: bad padding, or characters outside ASCII
         return BadSample("bad_base64", where)
     return Record(image, caption, where)
 
 
+def read_part_lines(path: str) -> Iterator[Tuple[int, bytes]]:
+    """(line number from 1, line bytes) of a part file, gunzipped if its name ends in `.gz`.
+
+    A gzipped part that is cut short or corrupt raises OSError naming the part and its last good line.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    number = 0
+    with opener(path, "rb") as handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                yield number, line
+        except (OSError, EOFError, zlib.error) as error:  # a damaged .gz; its errors name no file
+            raise OSError(f"{path}: damaged after line {number}: {error}") from error
+
+
 def read_filelist(filelist: str) -> List[str]:
-    """Part-file paths listed one per line; relative ones resolve against the filelist's folder.
+    """Part-file paths listed one per line (see module doc for where a relative path is looked for).
 
     Blank lines and lines starting with '#' are ignored; a listed file that does not exist is an error.
     """
-    base = os.path.dirname(os.path.abspath(filelist))
+    beside_filelist = os.path.dirname(os.path.abspath(filelist))
     parts = []
     with open(filelist, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             entry = line.strip()
             if not entry or entry.startswith("#"):
                 continue
-            path = os.path.join(base, entry)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{filelist}:{number}: part file {entry!r} does not exist (looked for {path})")
+            candidates = list(dict.fromkeys([os.path.abspath(entry), os.path.join(beside_filelist, entry)]))
+            path = next((candidate for candidate in candidates if os.path.isfile(candidate)), None)
+            if path is None:
+                raise FileNotFoundError(f"{filelist}:{number}: part file {entry!r} does not exist "
+                                        f"(looked for {' and '.join(candidates)})")
             parts.append(path)
     if not parts:
         raise ValueError(f"{filelist} lists no part files")
@@ -100,12 +138,6 @@ class LaionDataset(StreamingDataset):
                          num_samples if num_samples is not None else _count_file(filelist), epochs)
 
     def read(self, path: str, keep: Callable[[int], bool]) -> Iterator[Union[Record, BadSample]]:
-        opener = gzip.open if path.endswith(".gz") else open
-        lines_read = 0
-        with opener(path, "rb") as handle:
-            try:
-                for lines_read, line in enumerate(handle, start=1):
-                    if keep(lines_read - 1):
-                        yield parse_laion_line(line, f"{path}:{lines_read}")
-            except (OSError, EOFError, zlib.error) as error:  # a damaged .gz; its errors name no file
-                raise OSError(f"{path}: damaged after line {lines_read}: {error}") from error
+        for number, line in read_part_lines(path):
+            if keep(number - 1):
+                yield parse_laion_line(line, f"{path}:{number}")

@@ -33,7 +33,6 @@ While `complete` is false, `total` and `skipped` cover the completed shards only
 
 import argparse
 import csv
-import gzip
 import hashlib
 import io
 import itertools
@@ -50,7 +49,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Un
 
 from PIL import Image
 
-from ..data.laion import CAPTION_FIELD, parse_laion_line, read_filelist
+from ..data.laion import CAPTION_FIELD, parse_laion_line, read_filelist, read_part_lines, split_laion_line
 from ..data.samples import BadSample, clean_caption, decode_image, decode_text
 from ..data.webdataset_shards import IMAGE_EXTENSIONS, MANIFEST
 from ..utils.log import logger
@@ -152,18 +151,16 @@ def _laion_line_sample(line: bytes, where: str) -> Union[Sample, BadSample]:
     if isinstance(record, BadSample):
         return record
     # The reader keeps no metadata; a good line decodes and holds a JSON object in this field.
-    meta = json.loads(decode_text(line, where, fallback="gb18030").split("\t")[CAPTION_FIELD])
+    meta = json.loads(split_laion_line(decode_text(line, where, fallback="gb18030"))[CAPTION_FIELD])
     return Sample(record.image, record.caption, meta)
 
 
 def laion_records(filelist: Path) -> Iterator[SourceRecord]:
     """Lines of the LAION part files named in `filelist` (format: `paddlemix.data.laion`)."""
     for part in read_filelist(str(filelist)):
-        opener = gzip.open if part.endswith(".gz") else open
-        with opener(part, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                where = f"{part}:{number}"
-                yield SourceRecord(where, partial(_laion_line_sample, line, where))
+        for number, line in read_part_lines(part):
+            where = f"{part}:{number}"
+            yield SourceRecord(where, partial(_laion_line_sample, line, where))
 
 
 def _folder_sample(image_path: Path, root: Path) -> Union[Sample, BadSample]:
