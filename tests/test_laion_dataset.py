@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -73,7 +72,7 @@ def good_paddlemix_caption(verdict: dict) -> bool:
     return isinstance(caption, str) and bool(caption.strip())
 
 
-def test_fixture_is_the_part_paddlemix_judged():
+def test_fixture_gz_part_holds_the_plain_part_and_every_line_has_a_paddlemix_verdict():
     assert len(FIXTURE_LINES) == len(EXPECTED) == 38
     assert gzip.decompress((FIXTURES / "laion_part-00000.gz").read_bytes()) == FIXTURE_PART.read_bytes()
 
