@@ -7,6 +7,7 @@ tests write more parts into tmp_path with `part_line`, which writes the fixture'
 
 import base64
 import gzip
+import re
 import hashlib
 import io
 import json
@@ -169,12 +170,16 @@ def test_relative_part_paths_resolve_from_the_current_directory_first_as_in_padd
     assert captions == ["beside 0"]
 
 
-def test_damaged_gzip_part_raises_naming_the_part(tmp_path):
-    filelist = write_dataset(tmp_path, [good_lines("a", 50)], gzipped={0})
+def test_damaged_gzip_part_keeps_its_lines_before_the_damage_and_counts_the_rest_once(tmp_path, caplog):
+    filelist = write_dataset(tmp_path, [good_lines("a", 50), good_lines("b", 3)], gzipped={0})
     part = tmp_path / "part-00000.gz"
     part.write_bytes(part.read_bytes()[:-200])
-    with pytest.raises(OSError, match=r"part-00000.gz: damaged after line \d+"):
-        read_epochs(LaionDataset(filelist, TRANSFORM, epochs=1))
+    captions, skipped = read_epochs(LaionDataset(filelist, TRANSFORM, epochs=1))
+    assert skipped == Counter({"damaged_part": 1})
+    kept = sorted(caption for caption in captions if caption.startswith("a "))
+    assert 0 < len(kept) < 50 and kept == sorted(f"a {i}" for i in range(len(kept)))  # a prefix of the part
+    assert sorted(caption for caption in captions if caption.startswith("b ")) == ["b 0", "b 1", "b 2"]
+    assert re.search(r"part-00000.gz: damaged after line \d+", caplog.text)
 
 
 @pytest.mark.parametrize("files, readers", [(6, 4), (4, 4), (2, 5), (1, 3)],

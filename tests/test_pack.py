@@ -186,12 +186,16 @@ def test_laion_source_packs_what_paddlemix_reads_from_plain_and_gzipped_parts(tm
     assert manifest["skipped"] == {reason: 2 * count for reason, count in sorted(bad.items())}
 
 
-def test_laion_source_names_a_gzipped_part_that_is_cut_short(tmp_path):
+def test_laion_source_packs_a_gzipped_part_cut_short_up_to_the_damage_and_counts_it(tmp_path):
     part = tmp_path / "part-00000.gz"
-    part.write_bytes((LAION_FIXTURES / "laion_part-00000.gz").read_bytes()[:-100])
-    (tmp_path / "filelist").write_text("part-00000.gz\n")
-    with pytest.raises(OSError, match=r"part-00000.gz: damaged after line \d+"):
-        list(packer.laion_records(tmp_path / "filelist"))
+    whole = (LAION_FIXTURES / "laion_part-00000.gz").read_bytes()
+    part.write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "filelist").write_text(f"{part}\n")
+    assert main(["--from", "laion", "--filelist", str(tmp_path / "filelist"), "--output", str(tmp_path / "out"),
+                 "--shard-size", "4"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["skipped"]["damaged_part"] == 1
+    assert 0 < len(read_shards(tmp_path / "out")) < 15  # the good lines before the damage, of 15
 
 
 def test_folder_source_pairs_images_with_their_txt_in_sorted_path_order(tmp_path):

@@ -23,7 +23,8 @@ first thing it lacks, checked in this order:
     short / smaller than MIN_IMAGE_SIDE                 -> empty_file / not_an_image /
                                                            truncated_image / tiny_image (decode_image)
 A blank line is a line with too few fields, so it counts as empty_caption. A gzipped part that is
-cut short or corrupt stops the reader with an OSError naming the part and the last good line.
+cut short or corrupt keeps the lines before the damage; the rest counts once as damaged_part, and a
+warning names the part and its last good line.
 
 Deliberate differences from PaddleMIX, each a sample it would train on although it is bad:
   - The caption key is chosen as PaddleMIX chooses it (`caption_en` whenever that key is present),
@@ -41,6 +42,7 @@ import os
 import zlib
 from typing import Callable, Iterator, List, Optional, Tuple, Union
 
+from ..utils.log import logger
 from .samples import BadSample, decode_text
 from .streaming import Record, StreamingDataset
 
@@ -75,10 +77,11 @@ def parse_laion_line(line: bytes, where: str) -> Union[Record, BadSample]:
     return Record(image, caption, where)
 
 
-def read_part_lines(path: str) -> Iterator[Tuple[int, bytes]]:
+def read_part_lines(path: str) -> Iterator[Tuple[int, Union[bytes, BadSample]]]:
     """(line number from 1, line bytes) of a part file, gunzipped if its name ends in `.gz`.
 
-    A gzipped part that is cut short or corrupt raises OSError naming the part and its last good line.
+    A gzipped part that is cut short or corrupt ends with one `damaged_part` BadSample naming the part
+    and its last good line (in place of the next line): the lines before the damage are kept.
     """
     opener = gzip.open if path.endswith(".gz") else open
     number = 0
@@ -87,7 +90,8 @@ def read_part_lines(path: str) -> Iterator[Tuple[int, bytes]]:
             for number, line in enumerate(handle, start=1):
                 yield number, line
         except (OSError, EOFError, zlib.error) as error:  # a damaged .gz; its errors name no file
-            raise OSError(f"{path}: damaged after line {number}: {error}") from error
+            logger.warning("%s: damaged after line %d (%s); the rest of this part is skipped", path, number, error)
+            yield number + 1, BadSample("damaged_part", f"{path}: after line {number}")
 
 
 def read_filelist(filelist: str) -> List[str]:
@@ -140,4 +144,4 @@ class LaionDataset(StreamingDataset):
     def read(self, path: str, keep: Callable[[int], bool]) -> Iterator[Union[Record, BadSample]]:
         for number, line in read_part_lines(path):
             if keep(number - 1):
-                yield parse_laion_line(line, f"{path}:{number}")
+                yield line if isinstance(line, BadSample) else parse_laion_line(line, f"{path}:{number}")

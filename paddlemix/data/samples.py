@@ -23,6 +23,7 @@ REASONS = (
     "empty_caption",
     "invalid_utf8",
     "corrupt_tar_member",
+    "damaged_part",  # a compressed part cut short or corrupt: the lines after the damage are lost
 )
 MIN_IMAGE_SIDE = 5  # pixels; smaller images carry no usable content (and break resizes)
 

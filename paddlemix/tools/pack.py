@@ -160,7 +160,10 @@ def laion_records(filelist: Path) -> Iterator[SourceRecord]:
     for part in read_filelist(str(filelist)):
         for number, line in read_part_lines(part):
             where = f"{part}:{number}"
-            yield SourceRecord(where, partial(_laion_line_sample, line, where))
+            if isinstance(line, BadSample):
+                yield SourceRecord(where, partial(BadSample, line.reason, line.where))
+            else:
+                yield SourceRecord(where, partial(_laion_line_sample, line, where))
 
 
 def _folder_sample(image_path: Path, root: Path) -> Union[Sample, BadSample]:
