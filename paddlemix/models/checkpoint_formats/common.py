@@ -29,30 +29,25 @@ def strip_wrappers(state: State) -> State:
     return out
 
 
-def torch_to_paddle_layout(state: State) -> State:
-    """Transpose torch Linear weights ([out, in]) to Paddle's [in, out]; logit_scale (0-d in open_clip) to [1]."""
+def _transpose_linear_weights(state: State, logit_scale_shape: List[int]) -> State:
     out = {}
     for key, value in state.items():
         if key.endswith(".weight") and value.ndim == 2 and key not in NOT_LINEAR:
             value = value.T
         if key == "logit_scale" and value.size == 1:
-            value = value.reshape([1])
+            value = value.reshape(logit_scale_shape)
         out[key] = np.array(value, order="C")  # (ascontiguousarray would make 0-d 1-d)
     return out
 
 
+def torch_to_paddle_layout(state: State) -> State:
+    """Transpose torch Linear weights ([out, in]) to Paddle's [in, out]; logit_scale (0-d in open_clip) to [1]."""
+    return _transpose_linear_weights(state, [1])
 
 
 def paddle_to_torch_layout(state: State) -> State:
     """The inverse of torch_to_paddle_layout: Linear weights back to [out, in], logit_scale to 0-d."""
-    out = {}
-    for key, value in state.items():
-        if key.endswith(".weight") and value.ndim == 2 and key not in NOT_LINEAR:
-            value = value.T
-        if key == "logit_scale" and value.size == 1:
-            value = value.reshape([])
-        out[key] = np.array(value, order="C")
-    return out
+    return _transpose_linear_weights(state, [])
 
 
 _GROUP_PREFIX = re.compile(r"(\((?:[^()\\]|\\.)*\))?(.*)")
