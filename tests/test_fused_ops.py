@@ -19,7 +19,7 @@ import paddlemix.external_ops as external_ops
 from paddlemix import AutoConfig, AutoModel
 from paddlemix.external_ops import cpu_threads, fused_ops
 from paddlemix.models.layers.mlp import Mlp
-from paddlemix.models.layers.norm import FusedLayerNorm, layer_norm
+from paddlemix.models.layers.norm import FusedLayerNorm, LayerNorm, layer_norm
 
 SHAPES = [(1, 1), (7, 3), (5, 33), (3, 1, 17), (4, 197, 768), (2, 1025, 1408)]
 GELU_SHAPES = [(1, 1), (3, 5), (2, 7, 33), (4, 197, 3072)]
@@ -88,7 +88,7 @@ def test_an_unbuildable_op_falls_back_to_paddle_with_one_warning(monkeypatch, ca
     monkeypatch.setattr(external_ops, "_state", {"module": None, "tried": False})
     monkeypatch.setattr(external_ops, "_build", no_compiler)
     layers = [layer_norm(8, fused=True) for _ in range(3)]
-    assert all(type(layer) is paddle.nn.LayerNorm for layer in layers)
+    assert all(type(layer) is LayerNorm for layer in layers)
     assert sum("fused ops unavailable" in r.message and "no C++ compiler" in r.message for r in caplog.records) == 1
     with pytest.raises(RuntimeError, match="could not be built"):
         fused_ops(required=True)
@@ -226,3 +226,34 @@ def test_a_model_with_fused_ops_computes_what_the_plain_one_does(ops, name, quic
     assert grads[1].keys() == grads[0].keys()
     for name in grads[0]:
         np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+def test_fused_ln_reaches_eva_sub_ln_norms_and_computes_what_paddle_does(ops):
+    """fusedLN on an EVA02 tower: the attention and MLP sub-LN norms are fused too, not only ln_1/ln_2."""
+    config = AutoConfig.from_pretrained("paddlemix/EVA/EVA02-CLIP-B-16")
+    config.vision_cfg.layers = config.text_cfg.layers = 1
+    fused_config = copy.deepcopy(config)
+    fused_config.vision_cfg.fusedLN = True
+    paddle.seed(0)
+    plain, fused = AutoModel.from_config(config), AutoModel.from_config(fused_config)
+    fused.set_state_dict(plain.state_dict())
+    sub_lns = {path: type(layer) for path, layer in fused.visual.named_sublayers()
+               if path.endswith(("inner_attn_ln", "ffn_ln"))}
+    assert sorted(sub_lns) == ["transformer.resblocks.0.attn.inner_attn_ln", "transformer.resblocks.0.mlp.ffn_ln"]
+    assert set(sub_lns.values()) == {FusedLayerNorm}
+    image = paddle.randn([2, 3, *fused.visual.image_size])
+    plain.eval(), fused.eval()
+    with paddle.no_grad():
+        np.testing.assert_allclose(fused.encode_image(image).numpy(), plain.encode_image(image).numpy(),
+                                   rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_layer_norm_of_half_precision_input_is_computed_in_float32(dtype):
+    """open_clip's LayerNormFp32: statistics of float16 / bfloat16 activations (as under AMP) in float32."""
+    norm = layer_norm(64)
+    x = (paddle.randn([4, 64]) * 100 + 1000).astype(dtype)  # large mean: half-precision statistics would be off
+    y = norm(x)
+    assert y.dtype == x.dtype
+    reference = paddle.nn.functional.layer_norm(x.astype("float32"), [64], norm.weight, norm.bias, norm._epsilon)
+    np.testing.assert_array_equal(y.astype("float32").numpy(), reference.astype(dtype).astype("float32").numpy())

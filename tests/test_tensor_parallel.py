@@ -14,6 +14,7 @@ import pytest
 
 from paddlemix import AutoModel
 from paddlemix.models import CLIPConfig
+from paddlemix.models.layers import parallel
 from paddlemix.models.layers.parallel import (
     TensorParallelUnavailableError,
     merge_state_dicts,
@@ -124,3 +125,18 @@ def test_parallel_layer_norm_on_two_processes_equals_layer_norm(tmp_path):
     np.testing.assert_allclose(np.concatenate([r["x_grad"] for r in ranks], -1), x.grad.numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(np.concatenate([r["weight_grad"] for r in ranks]), weight.grad.numpy(), rtol=1e-9)
     np.testing.assert_allclose(np.concatenate([r["bias_grad"] for r in ranks]), bias.grad.numpy(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_parallel_layer_norm_statistics_of_half_precision_input_are_float32(dtype, monkeypatch):
+    """One rank holding the whole width (the cross-rank sum an identity): ParallelLayerNorm of a
+    half-precision input equals a float32 LayerNorm cast back, as open_clip's LayerNormFp32."""
+    monkeypatch.setattr(parallel._AllReduceSum, "apply", staticmethod(lambda sums, group: sums))
+    norm = parallel.ParallelLayerNorm(64, 1, 1e-5)
+    norm.weight.set_value(paddle.rand([64]) + 0.5)
+    norm.bias.set_value(paddle.rand([64]))
+    x = (paddle.randn([4, 64]) * 10 + 300).astype(dtype)  # half-precision sums of squares would overflow / round
+    y = norm(x)
+    assert y.dtype == x.dtype
+    reference = F.layer_norm(x.astype("float32"), [64], norm.weight, norm.bias, 1e-5).astype(dtype)
+    np.testing.assert_allclose(y.astype("float32").numpy(), reference.astype("float32").numpy(), rtol=0, atol=2e-2)

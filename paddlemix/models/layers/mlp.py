@@ -8,7 +8,8 @@ from ...external_ops import fused_bias_gelu, fused_ops
 from ...utils.log import warn_once
 from .kernels import exporting
 from .linear import linear
-from .parallel import column_linear, norm_layer, row_linear
+from .norm import layer_norm
+from .parallel import column_linear, row_linear
 
 
 class QuickGELU(nn.Layer):
@@ -41,6 +42,7 @@ class Mlp(nn.Layer):
         norm_eps: float = 1e-5,
         tensor_parallel_degree: int = 1,
         fused_bias_gelu: bool = False,
+        fused_ln: bool = False,
     ):
         super().__init__()
         self.c_fc = column_linear(width, hidden, True, tensor_parallel_degree)
@@ -49,7 +51,7 @@ class Mlp(nn.Layer):
         if fused_bias_gelu and tensor_parallel_degree > 1:
             warn_once("fused_bias_gelu is not used with tensor parallelism: the parallel c_fc adds its own bias")
         self.fused_bias_gelu = fused_bias_gelu and tensor_parallel_degree == 1 and fused_ops() is not None
-        self.ffn_ln = norm_layer(hidden, norm_eps, tensor_parallel_degree) if subln else nn.Identity()
+        self.ffn_ln = layer_norm(hidden, norm_eps, fused_ln, tensor_parallel_degree) if subln else nn.Identity()
         self.c_proj = row_linear(hidden, width, tensor_parallel_degree)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -68,12 +70,18 @@ class SwiGLU(nn.Layer):
     """w3([ffn_ln](silu(w1 x) * w2 x)) (Shazeer 2020), named as in EVA-CLIP; w1, w2 column-, w3 row-parallel."""
 
     def __init__(
-        self, width: int, hidden: int, subln: bool = False, norm_eps: float = 1e-5, tensor_parallel_degree: int = 1
+        self,
+        width: int,
+        hidden: int,
+        subln: bool = False,
+        norm_eps: float = 1e-5,
+        tensor_parallel_degree: int = 1,
+        fused_ln: bool = False,
     ):
         super().__init__()
         self.w1 = column_linear(width, hidden, True, tensor_parallel_degree)
         self.w2 = column_linear(width, hidden, True, tensor_parallel_degree)
-        self.ffn_ln = norm_layer(hidden, norm_eps, tensor_parallel_degree) if subln else nn.Identity()
+        self.ffn_ln = layer_norm(hidden, norm_eps, fused_ln, tensor_parallel_degree) if subln else nn.Identity()
         self.w3 = row_linear(hidden, width, tensor_parallel_degree)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:

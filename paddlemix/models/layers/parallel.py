@@ -104,7 +104,8 @@ class ParallelLayerNorm(nn.Layer):
     """LayerNorm over a hidden width split across `degree` ranks (this rank holds `local_width`).
 
     Mean and variance come from sums over every rank's slice, so the result equals a LayerNorm of
-    the whole width; the affine weight and bias are split like the activations.
+    the whole width; the affine weight and bias are split like the activations. The statistics and
+    the normalisation run in float32 whatever the input's precision (the result has its dtype).
     """
 
     def __init__(self, local_width: int, degree: int, epsilon: float, group=None):
@@ -116,21 +117,13 @@ class ParallelLayerNorm(nn.Layer):
         self.bias = self.create_parameter([local_width], default_initializer=nn.initializer.Constant(0.0))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        sums = paddle.stack([x.sum(axis=-1), (x * x).sum(axis=-1)])
+        x32 = x.astype("float32")
+        sums = paddle.stack([x32.sum(axis=-1), (x32 * x32).sum(axis=-1)])
         sums = _AllReduceSum.apply(sums, self.group)
         mean = (sums[0] / self.full_width).unsqueeze(-1)
         variance = (sums[1] / self.full_width).unsqueeze(-1) - mean * mean
-        return (x - mean) * paddle.rsqrt(variance + self.epsilon) * self.weight + self.bias
-
-
-def norm_layer(width: int, epsilon: float, degree: int) -> nn.Layer:
-    """LayerNorm of a hidden width that column-parallel layers split `degree` ways."""
-    if degree == 1:
-        return nn.LayerNorm(width, epsilon=epsilon)
-    from paddle.distributed import fleet
-
-    group = fleet.get_hybrid_communicate_group().get_model_parallel_group()
-    return ParallelLayerNorm(width // degree, degree, epsilon, group)
+        y = (x32 - mean) * paddle.rsqrt(variance + self.epsilon) * self.weight.astype("float32")
+        return (y + self.bias.astype("float32")).astype(x.dtype)
 
 
 # Unsharded key pattern -> how tensor parallelism splits it.

@@ -54,7 +54,8 @@ class ResidualAttentionBlock(nn.Layer):
         self.postnorm = options.postnorm
         self.ln_1 = layer_norm(width, options.norm_eps, options.fused_ln)
         degree = options.tensor_parallel_degree
-        self.attn = Attention(width, heads, options.attn_bias, options.subln, options.norm_eps, options.xattn, degree)
+        self.attn = Attention(width, heads, options.attn_bias, options.subln, options.norm_eps, options.xattn, degree,
+                              options.fused_ln)
         self.ln_2 = layer_norm(width, options.norm_eps, options.fused_ln)
         hidden = int(width * options.mlp_ratio)
         if hidden % degree or heads % degree:
@@ -62,10 +63,10 @@ class ResidualAttentionBlock(nn.Layer):
                 f"tensor_parallel_degree {degree} must divide the {heads} attention heads and the {hidden} MLP units"
             )
         if options.swiglu:
-            self.mlp = SwiGLU(width, hidden, options.subln, options.norm_eps, degree)
+            self.mlp = SwiGLU(width, hidden, options.subln, options.norm_eps, degree, options.fused_ln)
         else:
             self.mlp = Mlp(width, hidden, options.quick_gelu, options.subln, options.norm_eps, degree,
-                           options.fused_bias_gelu)
+                           options.fused_bias_gelu, options.fused_ln)
         with_scale = options.ls_init_value is not None
         self.ls_1 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
         self.ls_2 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
