@@ -38,6 +38,7 @@ from paddlemix import AutoConfig, AutoModel
 from paddlemix.inference import InferenceEncoders
 from paddlemix.models.registry import open_clip_name
 from paddlemix.tools.export import export
+from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
 
 from timing import median_rate
 
@@ -126,4 +127,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_cpu_memory()
     sys.exit(main())

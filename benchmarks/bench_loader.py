@@ -24,6 +24,7 @@ from PIL import Image
 from paddlemix.data.coco import CocoKarpathyDataset
 from paddlemix.data.loader import ImageTextLoader
 from paddlemix.processors import image_transform
+from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
 
 PEER_SCRIPT = textwrap.dedent('''
     import json, sys, time
@@ -102,4 +103,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_cpu_memory()
     sys.exit(main())

@@ -25,6 +25,7 @@ import paddle
 
 from paddlemix import AutoConfig, AutoModel
 from paddlemix.models.registry import open_clip_name
+from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
 
 from timing import median_rate
 
@@ -138,4 +139,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_cpu_memory()
     sys.exit(main())

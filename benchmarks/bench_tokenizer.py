@@ -73,6 +73,7 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 from bench_tokenizer import time_tokenizer
 from open_clip.tokenizer import SimpleTokenizer
+from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
 texts = json.load(open(sys.argv[2]))
 stats, ids = time_tokenizer(SimpleTokenizer, texts)
 np.save(sys.argv[3], ids)
@@ -116,4 +117,5 @@ def main():
 
 
 if __name__ == "__main__":
+    keep_freed_cpu_memory()
     main()

@@ -29,6 +29,7 @@ from paddlemix.evaluation.features import image_features
 from paddlemix.inference import InferenceModel
 from paddlemix.processors import image_transform
 from paddlemix.tools.export import export
+from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
 
 FULL_TEXTS = 1000 * 80
 PEER_SCRIPT = textwrap.dedent('''
@@ -121,4 +122,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_cpu_memory()
     sys.exit(main())

@@ -7,10 +7,12 @@ is fresh memory and every one of its pages faults on first write. Measured on a 
 training step (batch 32) with the fused ops went from 4.36 to 4.70 images/s (on a quieter day, 4.87
 to 5.38), its peak RSS from 5.3 to 5.4-5.6 GiB.
 
-`keep_freed_cpu_memory()` (run when paddlemix is imported) makes blocks below 32 MiB come from the
-heap and keeps up to 1 GiB of freed memory at the heap's top for reuse, as a caching allocator would.
-It leaves malloc alone where the C library is not glibc, where the user has set glibc's own
-MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, and with PPMIX_KEEP_FREED_CPU_MEMORY=0.
+`keep_freed_cpu_memory()` makes blocks below 32 MiB come from the heap and keeps up to 1 GiB of freed
+memory at the heap's top for reuse, as a caching allocator would. It changes malloc for the whole
+process, so importing paddlemix does not call it: paddlemix's entry scripts (examples/, the CLI) and
+benchmarks do, first thing; a script of your own calls it itself. It leaves malloc alone where the C
+library is not glibc, where the user has set glibc's own MALLOC_MMAP_THRESHOLD_ /
+MALLOC_TRIM_THRESHOLD_, and with PPMIX_KEEP_FREED_CPU_MEMORY=0.
 """
 
 import ctypes

@@ -6,6 +6,8 @@
 
 from paddlemix.trainer.run import run_pretrain
 from paddlemix.utils.distributed import run_script
+from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
 
 if __name__ == "__main__":
+    keep_freed_cpu_memory()
     run_script(run_pretrain, default_model="paddlemix/CLIP/ViT-B-32")

@@ -26,6 +26,7 @@ from paddlemix.evaluation.plots import save_similarity_heat_map
 from paddlemix.processors import tokenize
 from paddlemix.processors.image_transforms import image_transform_for
 from paddlemix.trainer.run import run_pretrain
+from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
 
 logger = logging.getLogger("paddlemix.examples.shapes")
 
@@ -95,4 +96,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    keep_freed_cpu_memory()
     sys.exit(main() and 0)

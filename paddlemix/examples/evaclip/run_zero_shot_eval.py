@@ -6,6 +6,8 @@
 
 from paddlemix.evaluation.evaluate import run_zero_shot_eval
 from paddlemix.utils.distributed import run_script
+from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
 
 if __name__ == "__main__":
+    keep_freed_cpu_memory()
     run_script(run_zero_shot_eval, default_model="paddlemix/EVA/EVA02-CLIP-B-16")
