@@ -10,6 +10,7 @@ import pytest
 
 from paddlemix import AutoConfig, AutoModel, list_models
 from paddlemix.models import CLIPConfig, parameter_count
+from paddlemix.models.clip import towers
 from paddlemix.models.layers import scaled_dot_product_attention
 from paddlemix.models.registry import OPEN_CLIP_EQUIVALENTS
 
@@ -73,11 +74,32 @@ def test_drop_path_is_identity_in_eval_and_drops_whole_samples_in_training():
     assert rates == [0.25, 0.5]  # linear from 0 in the first block (which has none) to the rate
 
 
-def test_patch_dropout_keeps_each_samples_own_rotary_positions():
+def test_patch_dropout_keeps_each_samples_own_rotary_positions(monkeypatch):
+    """Each sample's kept tokens, run alone with the rotations of their own grid positions, give
+    exactly what the batched training forward gives that sample."""
     paddle.seed(0)
     model = AutoModel.from_config(tiny_eva02(patch_dropout=0.5))
     model.train()
+    visual = model.visual
+    kept, outputs = [], []
+    real_drop_patches = towers.drop_patches
+    monkeypatch.setattr(towers, "drop_patches", lambda x, rate: kept.append(real_drop_patches(x, rate)) or kept[-1])
+    hook = visual.transformer.register_forward_post_hook(lambda layer, inputs, output: outputs.append(output))
     image, ids = tiny_batch()
     loss = model(image=image, input_ids=ids)["loss"]
+    hook.remove()
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+    ((_, kept_tokens),), (batched,) = kept, outputs
+    assert kept_tokens.shape[1] < visual.rope.shape[0]  # tokens were dropped, differently per sample
+    assert len({tuple(row) for row in kept_tokens.numpy().tolist()}) == kept_tokens.shape[0]
+    with paddle.no_grad():
+        tokens = visual.conv1(image).flatten(2).transpose([0, 2, 1])
+        cls = visual.class_embedding.expand([tokens.shape[0], 1, tokens.shape[-1]])
+        tokens = paddle.concat([cls, tokens], axis=1) + visual.positional_embedding
+        for sample, positions in enumerate(kept_tokens.numpy()):
+            alone = tokens[sample:sample + 1, positions]
+            rope = visual.rope[positions].unsqueeze(0)
+            expected = visual.transformer(visual.ln_pre(alone), rope=rope)
+            np.testing.assert_allclose(batched[sample:sample + 1].numpy(), expected.numpy(), rtol=0, atol=1e-5)
