@@ -125,32 +125,37 @@ def test_evaluation_during_training_logs_zero_shot_and_retrieval_metrics(setup, 
         assert 0 <= record["eval/retrieval/image_to_text_R@1"] <= record["eval/retrieval/image_to_text_R@5"] <= 1
 
 
-def test_nonfinite_losses_skip_their_update_and_too_many_in_a_row_stop_the_run(setup, tmp_path, monkeypatch):
+def test_nonfinite_losses_skip_their_update_refuse_the_save_and_too_many_in_a_row_stop_the_run(
+        setup, tmp_path, monkeypatch):
     from paddlemix.trainer import trainer as trainer_module
     from paddlemix.trainer.run import run_pretrain
 
     def nan_loss(self, model, inputs, return_outputs=False):
         outputs = model(image=inputs["image"], input_ids=inputs["input_ids"])
-        return outputs["loss"] * float("nan")
+        loss = outputs["loss"] * float("nan")
+        return (loss, outputs) if return_outputs else loss
 
     monkeypatch.setattr(trainer_module.CLIPTrainer, "compute_loss", nan_loss)
-    before = None
+    before, trainer = None, None
 
     def capture(self, *args, **kwargs):
-        nonlocal before
-        before = {k: v.numpy().copy() for k, v in self.model.state_dict().items()}
+        nonlocal before, trainer
+        trainer, before = self, {k: v.numpy().copy() for k, v in self.model.state_dict().items()}
         return original(self, *args, **kwargs)
 
     original = trainer_module.CLIPTrainer._inner_training_loop
     monkeypatch.setattr(trainer_module.CLIPTrainer, "_inner_training_loop", capture)
-    trainer = run_pretrain(flags(setup, tmp_path / "skips", "--max_steps", "2", "--save_steps", "1000",
-                                 "--warmup_steps", "0", "--max_nonfinite_steps", "3"))
+    # the last step was non-finite, so the weights that produced it are not saved as the final model
+    with pytest.raises(FloatingPointError, match="non-finite values in the last 2 step"):
+        run_pretrain(flags(setup, tmp_path / "skips", "--max_steps", "2", "--save_steps", "1000",
+                           "--warmup_steps", "0", "--max_nonfinite_steps", "3"))
     after = trainer.model.state_dict()
     for key, value in before.items():
         np.testing.assert_array_equal(after[key].numpy(), value, err_msg=f"{key} changed by a skipped update")
     records = [json.loads(line) for line in (tmp_path / "skips" / "results.jsonl").read_text().splitlines()]
-    assert records[-2]["skipped/nonfinite_loss"] == 2
-    with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
+    assert records[-1]["skipped/nonfinite_loss"] == 2
+    assert not (tmp_path / "skips" / "model_state.pdparams").exists()
+    with pytest.raises(FloatingPointError, match="3 non-finite steps in a row"):
         run_pretrain(flags(setup, tmp_path / "stops", "--max_steps", "5", "--warmup_steps", "0",
                            "--max_nonfinite_steps", "3"))
 

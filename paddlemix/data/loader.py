@@ -16,7 +16,7 @@ import numpy as np
 import paddle
 
 from ..processors.tokenizer import tokenize
-from ..utils.distributed import get_rank, get_world_size
+from ..utils.distributed import data_worker_init, get_rank, get_world_size
 from ..utils.log import logger
 from .samples import REASONS, AllSamplesBadError, BadSample
 
@@ -175,11 +175,11 @@ class ImageTextLoader:
         if self.streaming:
             self.batch_sampler = None
             self.loader = paddle.io.DataLoader(dataset, batch_size=batch_size, collate_fn=self.collator,
-                                               num_workers=num_workers, drop_last=drop_last)
+                                               num_workers=num_workers, drop_last=drop_last, worker_init_fn=data_worker_init)
         else:
             self.batch_sampler = ResumableDistributedBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last)
             self.loader = paddle.io.DataLoader(SeededSamples(dataset), batch_sampler=self.batch_sampler,
-                                               collate_fn=self.collator, num_workers=num_workers)
+                                               collate_fn=self.collator, num_workers=num_workers, worker_init_fn=data_worker_init)
         self.consumed_batches = 0
         self.wait_seconds = 0.0  # time the consumer spent waiting for batches (data time)
 

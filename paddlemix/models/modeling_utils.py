@@ -1,6 +1,9 @@
 """Saving and loading models in PaddleMIX's layout: `config.json` + `model_state.pdparams`."""
 
 import dataclasses
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -34,14 +37,26 @@ class PretrainedMixin:
     """
 
     def save_pretrained(self, directory: Union[str, Path]) -> Path:
+        """Write `config.json` + `model_state.pdparams` into `directory`.
+
+        Both files are written into a temporary folder beside them first and then renamed into
+        place, so a save that fails (disk full, a kill) leaves the previous files whole.
+        """
         directory = Path(directory)
         state = self.state_dict()
         if self.config.tensor_parallel_degree > 1:
             state = gather_unsharded_state_dict(state)
             if model_parallel_rank() != 0:
                 return directory
-        dataclasses.replace(self.config, tensor_parallel_degree=1).save_pretrained(directory)
-        paddle.save(state, str(directory / WEIGHTS_NAME))
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=directory))
+        try:
+            dataclasses.replace(self.config, tensor_parallel_degree=1).save_pretrained(staging)
+            paddle.save(state, str(staging / WEIGHTS_NAME))
+            os.replace(staging / WEIGHTS_NAME, directory / WEIGHTS_NAME)
+            os.replace(staging / CONFIG_NAME, directory / CONFIG_NAME)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return directory
 
     def load_weights(self, weights_file: Union[str, Path], foreign_source: Optional[str] = None) -> None:

@@ -6,6 +6,7 @@
 
 import logging
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import paddle
@@ -13,6 +14,7 @@ import paddle
 from .. import AutoConfig, AutoModel
 from ..data.coco import annotation_file, coco_root
 from ..data.datasets import build_dataset
+from ..models.hub import WEIGHTS_NAME
 from ..models.registry import resolve_model_name
 from ..models.state_dict import load_state_dict_strict
 from ..models.coca import CoCa, CoCaLoss
@@ -92,6 +94,10 @@ def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[s
         logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
     if trainer.preemption.requested:
+        return trainer
+    final = Path(args.output_dir) / WEIGHTS_NAME
+    if trainer.finished_before and final.is_file():
+        logger.info("%s is the final model of this complete run: left as it is", final)
         return trainer
     trainer.evaluate()  # the final model (once: a step already evaluated is not evaluated again)
     if args.should_save:

@@ -1,13 +1,14 @@
 """The one trainer of every family: PaddleNLP's Trainer with paddlemix's loader, optimizer groups,
-atomic and resumable checkpoints, preemption handling and CLIP-specific logs."""
+atomic and resumable checkpoints, preemption handling, a non-finite step guard and CLIP-specific logs."""
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import paddle
 import paddle.distributed as dist
@@ -15,42 +16,33 @@ from paddlenlp.trainer import IntervalStrategy, Trainer, TrainerCallback
 from paddlenlp.trainer.integrations import VisualDLCallback
 
 from ..data.loader import ImageTextLoader
+from ..models.hub import WEIGHTS_NAME
+from ..models.state_dict import load_state_dict_strict
+from ..models.weights_file import read_pdparams
 from ..utils.distributed import get_world_size
 from ..utils.log import logger
+from .checkpoints import (
+    CHECKPOINT_PREFIX, COMPLETE_MARKER, TRAINER_STATE, check_same_batch, checkpoint_step, complete_checkpoints,
+    remove_old_checkpoints, resolve_resume,
+)
 from .optimization import build_optimizer, cosine_schedule, group_learning_rates
 
-CHECKPOINT_PREFIX = "checkpoint-"
-COMPLETE_MARKER = "checkpoint_complete"  # written last: a checkpoint without it is partial and ignored
-TRAINER_STATE = "paddlemix_state.json"  # the data position, beside PaddleNLP's own trainer state
 RESULTS = "results.jsonl"
+WATCHED_OUTPUTS = ("image_features", "text_features", "logit_scale", "logits")  # checked for NaN/inf every step
 
 
-def complete_checkpoints(output_dir: str):
-    """Complete checkpoint directories under `output_dir`, oldest first."""
-    root = Path(output_dir)
-    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if (p / COMPLETE_MARKER).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def resolve_resume(resume_from_checkpoint: Optional[str], output_dir: str) -> Optional[str]:
-    """`auto`: the latest complete checkpoint if any (else a fresh start); `latest`: it, or an error;
-    a path: that checkpoint, which must be complete."""
-    if not resume_from_checkpoint:
-        return None
-    if resume_from_checkpoint in ("auto", "latest"):
-        found = complete_checkpoints(output_dir)
-        if found:
-            return str(found[-1])
-        if resume_from_checkpoint == "latest":
-            raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}")
-        return None
-    path = Path(resume_from_checkpoint)
-    if not (path / COMPLETE_MARKER).is_file():
-        raise FileNotFoundError(
-            f"--resume_from_checkpoint {path}: not a complete checkpoint (no {COMPLETE_MARKER}; a save that was "
-            f"interrupted leaves such a directory). Complete ones: {[p.name for p in complete_checkpoints(output_dir)]}"
-        )
-    return str(path)
+def json_record(logs: Dict) -> str:
+    """One line of results.jsonl: strict JSON. A NaN or infinite number is written as null and its
+    key listed under "nonfinite" with the value as a string ("nan", "inf", "-inf")."""
+    record, nonfinite = {}, {}
+    for key, value in logs.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            record[key], nonfinite[key] = None, str(value)
+        else:
+            record[key] = value
+    if nonfinite:
+        record["nonfinite"] = nonfinite
+    return json.dumps(record, allow_nan=False)
 
 
 class PreemptionCallback(TrainerCallback):
@@ -82,6 +74,21 @@ class PreemptionCallback(TrainerCallback):
         return control
 
 
+class SaveFinalStep(TrainerCallback):
+    """Save a checkpoint at the last step too, whatever --save_steps: a relaunch with
+    `--resume_from_checkpoint auto` then finds the run complete instead of retraining its tail."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True
+        return control
+
+
+def watched(outputs: Dict) -> List[paddle.Tensor]:
+    """The model outputs checked for NaN/inf every step (WATCHED_OUTPUTS, where present)."""
+    return [outputs[key] for key in WATCHED_OUTPUTS if outputs.get(key) is not None]
+
+
 class LogitScaleClamp(TrainerCallback):
     """Clamp logit_scale to [0, ln 100] after every update, as open_clip's training loop does: the
     forward clamp alone would let the parameter drift where it gets no gradient."""
@@ -108,7 +115,7 @@ class CLIPTrainer(Trainer):
     def __init__(self, model, args, train_dataset, context_length: int, evaluation=None):
         self.preemption = PreemptionCallback()
         super().__init__(model=model, args=args, train_dataset=train_dataset,
-                         callbacks=[self.preemption, LogitScaleClamp()])
+                         callbacks=[self.preemption, LogitScaleClamp(), SaveFinalStep()])
         if self.pop_callback(VisualDLCallback) is not None:
             self.add_callback(ScalarVisualDLCallback())
         self.train_loader = ImageTextLoader(
@@ -122,6 +129,8 @@ class CLIPTrainer(Trainer):
         self.nonfinite_in_a_row = 0
         self.nonfinite_skipped = 0
         self._resume_rng_from = None
+        self.resumed_from: Optional[str] = None
+        self.finished_before = False  # set when a relaunch finds the run already at its last step
         self._micro_batches = []
 
     # ---- data, optimizer, loss
@@ -153,12 +162,25 @@ class CLIPTrainer(Trainer):
         batches, self._micro_batches = self._micro_batches, []
         if len(batches) == 1:
             with self.autocast_smart_context_manager():
-                loss = self.compute_loss(model, batches[0])
-            if self._skip_nonfinite(loss):
+                loss, outputs = self.compute_loss(model, batches[0], return_outputs=True)
+            if self._skip_nonfinite("loss or features", [loss, *watched(outputs)]):
                 return paddle.zeros([])
+            self._backward(loss)
+        else:
+            loss = self._accumulated_backward(model, batches)
+            if loss is None:
+                return paddle.zeros([])
+        if not self.do_grad_scaling and self._skip_nonfinite("gradient norm", [self._gradient_square_sum()]):
+            return paddle.zeros([])  # (under --fp16 the GradScaler skips steps with inf/NaN gradients itself)
+        return loss.detach()
+
+    def _backward(self, loss) -> None:
+        """Backward of `loss`, through the GradScaler under --fp16: PaddleNLP's loop then calls
+        scaler.step, which divides the gradients by the loss scale again."""
+        if self.do_grad_scaling:
+            self.scaler.scale(loss).backward()
+        else:
             loss.backward()
-            return loss.detach()
-        return self._accumulated_backward(model, batches)
 
     def _accumulated_backward(self, model, batches):
         """The loss of all micro-batches as one batch (open_clip's accum_freq): every micro-batch's
@@ -175,10 +197,11 @@ class CLIPTrainer(Trainer):
                 parts = self.model.loss_parts(out, batch_input_ids)
                 token_losses.extend(value for name, value in parts.items() if name != "contrastive_loss")
                 cached.append({key: out[key] for key in ("image_features", "text_features", "logit_scale")})
+            watched_outputs = [value for c in cached for value in watched(c)]
             contrastive = self.model.contrastive_loss(*self._joined(cached, None, None), cached[0]["logit_scale"])
             loss = paddle.add_n([part for part in (contrastive, *token_losses) if part is not None])
-        if self._skip_nonfinite(loss):
-            return paddle.zeros([])
+        if self._skip_nonfinite("loss or features", [loss, *watched_outputs]):
+            return None
         last = len(batches) - 1
         for index, batch in enumerate(batches):
             with self.autocast_smart_context_manager():
@@ -189,7 +212,7 @@ class CLIPTrainer(Trainer):
                 micro_loss = paddle.add_n(list(self.model.loss_parts(joined, batch_input_ids).values()))
             sync = model.no_sync() if index < last and hasattr(model, "no_sync") else contextlib.nullcontext()
             with sync:  # DataParallel reduces the gradients once, after the last pass
-                micro_loss.backward()
+                self._backward(micro_loss)
         return loss.detach()
 
     @staticmethod
@@ -198,30 +221,75 @@ class CLIPTrainer(Trainer):
         parts = [fresh if i == index else c for i, c in enumerate(cached)]
         return (paddle.concat([p["image_features"] for p in parts]), paddle.concat([p["text_features"] for p in parts]))
 
-    def _skip_nonfinite(self, loss) -> bool:
-        """True (and a warning) when the loss is NaN/inf on any rank: the update is skipped; too
-        many in a row stop the run."""
-        finite = paddle.isfinite(loss).astype("int32").reshape([1])
+    def _gradient_square_sum(self) -> paddle.Tensor:
+        """Sum of the squared gradients (the squared global norm; inf when it passes float32's range)."""
+        with paddle.no_grad():
+            squares = [paddle.sum(paddle.square(p.grad.astype("float32")))
+                       for p in self.model.parameters() if p.grad is not None]
+            return paddle.add_n(squares) if squares else paddle.zeros([])
+
+    def _skip_nonfinite(self, what: str, values: Sequence[paddle.Tensor]) -> bool:
+        """True (and a warning) when any of `values` holds NaN/inf on any rank: the step's gradients
+        are dropped, so the optimizer leaves every parameter as it is; too many in a row stop the run.
+
+        One sum per tensor and one all-reduce: cheap beside a training step. The loss alone is not
+        enough: Paddle's CPU cross_entropy returns a finite ln(batch) for NaN logits at batch sizes
+        that are multiples of 8, so weights gone NaN must show in the features or gradients."""
+        with paddle.no_grad():
+            sums = paddle.stack([value.detach().astype("float32").sum() for value in values])
+            finite = paddle.isfinite(sums).all().astype("int32").reshape([1])
         if get_world_size() > 1:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if bool(finite):
             self.nonfinite_in_a_row = 0
             return False
+        for param in self.model.parameters():  # no gradient: the optimizer skips the parameter
+            param.clear_gradient(False)
         self.nonfinite_in_a_row += 1
         self.nonfinite_skipped += 1
-        logger.warning("step %d: non-finite loss %s, update skipped (%d in a row)", self.state.global_step + 1,
-                       float(loss), self.nonfinite_in_a_row)
+        logger.warning("step %d: non-finite %s (loss %s), update skipped (%d in a row)", self.state.global_step + 1,
+                       what, float(values[0]), self.nonfinite_in_a_row)
         if self.nonfinite_in_a_row >= self.args.max_nonfinite_steps:
             raise FloatingPointError(
-                f"{self.nonfinite_in_a_row} non-finite losses in a row: stopping. Lower --learning_rate, raise "
-                "--warmup_steps, set --max_grad_norm, or check the data"
+                f"{self.nonfinite_in_a_row} non-finite steps in a row (last: {what}): stopping "
+                f"(--max_nonfinite_steps {self.args.max_nonfinite_steps}). Lower --learning_rate, raise "
+                "--warmup_steps, set --max_grad_norm, or check the data; then resume from the last complete "
+                "checkpoint (--resume_from_checkpoint auto)"
             )
         return True
 
+    def _nonfinite_parameters(self) -> List[str]:
+        with paddle.no_grad():
+            names, params = zip(*self.model.named_parameters())
+            sums = paddle.stack([param.astype("float32").sum() for param in params])
+            finite = paddle.isfinite(sums).numpy()
+        return [name for name, ok in zip(names, finite) if not ok]
+
     # ---- checkpoints
+    def total_steps(self) -> int:
+        """The run's last step: --max_steps, or the epochs' worth of optimizer steps."""
+        args = self.args
+        if args.max_steps > 0:
+            return args.max_steps
+        per_epoch = max(len(self.train_loader) // args.gradient_accumulation_steps, 1)
+        return int(per_epoch * args.num_train_epochs)
+
     def train(self, resume_from_checkpoint: Optional[str] = None, **kwargs):
+        """Train from scratch, or resume from `resume_from_checkpoint` (a complete checkpoint in the
+        output directory; see checkpoints.resolve_resume). A checkpoint already at the last step
+        trains nothing: its weights are loaded and `finished_before` is set."""
+        self.resumed_from = resume_from_checkpoint
         if resume_from_checkpoint:
             state = json.loads((Path(resume_from_checkpoint) / TRAINER_STATE).read_text())
+            check_same_batch(state, resume_from_checkpoint, self.args.per_device_train_batch_size,
+                             self.args.world_size)
+            step, last = checkpoint_step(resume_from_checkpoint), self.total_steps()
+            if step >= last:
+                logger.warning("%s is at step %d of %d: the run is complete, nothing to train (raise --max_steps "
+                               "to train further)", resume_from_checkpoint, step, last)
+                self.finished_before = True
+                self._load_from_checkpoint(resume_from_checkpoint)
+                return None
             if not self.train_loader.streaming:
                 self.train_loader.load_state_dict(state["loader"])
             # the loader resumes its own position: PaddleNLP must not also skip batches
@@ -235,13 +303,52 @@ class CLIPTrainer(Trainer):
             self._load_rng_state(self._resume_rng_from)
         return super()._inner_training_loop(*args, **kwargs)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint=None):
+        """The checkpoint's weights, read without running code (PaddleNLP's own loader unpickles
+        anything); sharded layouts PaddleNLP wrote (tensor parallel, sharding) go through it."""
+        weights = Path(resume_from_checkpoint or "") / WEIGHTS_NAME
+        if not resume_from_checkpoint or not weights.is_file() or self.args.should_load_sharding_stage1_model:
+            return super()._load_from_checkpoint(resume_from_checkpoint)
+        load_state_dict_strict(self.model, read_pdparams(weights), source=str(weights))
+        return None
+
+    def _load_rng_state(self, checkpoint):
+        names = ("rng_state.pth", f"rng_state_{self.args.world_size}.pth")
+        if checkpoint and not any((Path(checkpoint) / name).is_file() for name in names):
+            logger.warning("%s has no %s: the random augmentation and dropout after this resume will differ from "
+                           "an uninterrupted run's", checkpoint, " or ".join(names))
+        return super()._load_rng_state(checkpoint)
+
+    def _rotate_checkpoints(self, use_mtime=False, output_dir=None) -> None:
+        """Nothing: PaddleNLP's rotation runs before a checkpoint is complete (and in a single process
+        never); _save_checkpoint applies --save_total_limit once the new checkpoint is complete."""
+
+    def _check_weights_before_saving(self) -> None:
+        """Refuse to save weights that are NaN/inf, or that gave NaN/inf on the latest step (a skipped
+        step left them unchanged, so they are what produced it): such a checkpoint would be resumed
+        from, and a final model would look trained."""
+        bad = self._nonfinite_parameters()
+        if not bad and not self.nonfinite_in_a_row:
+            return
+        what = (f"{len(bad)} parameters hold NaN/inf ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''})" if bad
+                else f"the weights gave non-finite values in the last {self.nonfinite_in_a_row} step(s)")
+        latest = complete_checkpoints(self.args.output_dir)
+        raise FloatingPointError(
+            f"step {self.state.global_step}: {what}; not saving them. Lower --learning_rate, raise --warmup_steps "
+            f"or set --max_grad_norm, then resume from the last good checkpoint "
+            f"({latest[-1] if latest else 'none: start again'}) with --resume_from_checkpoint auto"
+        )
+
     def _save_checkpoint(self, model, metrics=None):
+        self._check_weights_before_saving()
         folder = Path(self.args.output_dir) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
         if self.args.should_save and folder.exists():  # a partial save of the same step from a killed run
             shutil.rmtree(folder)
         super()._save_checkpoint(model, metrics)
         if self.args.should_save:
-            state = {"loader": self.train_loader.state_dict(), "nonfinite_skipped": self.nonfinite_skipped}
+            state = {"loader": self.train_loader.state_dict(), "nonfinite_skipped": self.nonfinite_skipped,
+                     "per_device_train_batch_size": self.args.per_device_train_batch_size,
+                     "world_size": self.args.world_size}
             (folder / TRAINER_STATE).write_text(json.dumps(state))
         if get_world_size() > 1:
             dist.barrier()
@@ -250,6 +357,7 @@ class CLIPTrainer(Trainer):
             marker.with_suffix(".tmp").write_text(str(self.state.global_step))
             os.replace(marker.with_suffix(".tmp"), marker)
             self._remove_partial_checkpoints(keep=folder)
+            remove_old_checkpoints(self.args.output_dir, self.args.save_total_limit, keep=[self.resumed_from])
 
     def _remove_partial_checkpoints(self, keep: Path):
         for path in Path(self.args.output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
@@ -273,9 +381,8 @@ class CLIPTrainer(Trainer):
             logs.update(self._training_figures(logs))
         super().log(logs, **kwargs)
         if self.args.should_save:
-            record = dict(logs, step=self.state.global_step)
             with open(Path(self.args.output_dir) / RESULTS, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json_record(dict(logs, step=self.state.global_step)) + "\n")
 
     def _training_figures(self, logs: Dict[str, float]) -> Dict[str, float]:
         """logit scale, lr of each parameter group, skipped samples by reason, samples/s per device."""

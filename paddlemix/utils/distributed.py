@@ -1,4 +1,4 @@
-"""Rank queries and differentiable feature gathers for contrastive losses.
+"""Rank queries, data-loader worker set-up, and differentiable feature gathers for contrastive losses.
 
 Both gathers concatenate every rank's `x` along dim 0 (ranks may hold different numbers of
 rows: a batch that lost bad samples is smaller); they differ only in how the gradient of the
@@ -6,9 +6,12 @@ gathered tensor reaches `x`.
 """
 
 import atexit
+import ctypes
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Callable, List
 
 import paddle
@@ -47,6 +50,46 @@ def run_script(entry: Callable[..., object], *args, **kwargs) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def data_worker_init(worker_id: int) -> None:
+    """`worker_init_fn` of paddlemix's training DataLoader: a worker process leaves stopping to the
+    process it serves.
+
+    Schedulers (Slurm, Kubernetes) and Ctrl-C signal the whole process group, workers included; a
+    worker killed by SIGTERM made the DataLoader raise "DataLoader process ... killed by signal" in
+    the trainer before it could save. So a worker ignores SIGINT, and SIGTERM from anyone but its
+    parent: the parent's own SIGTERM (multiprocessing terminates its daemon workers at exit) still
+    ends it, which a plain SIG_IGN would turn into a hang at exit. On Linux the kernel also kills a
+    worker whose parent dies (prctl PR_SET_PDEATHSIG), so a trainer killed outright (SIGKILL, out of
+    memory) leaves no workers behind. Elsewhere only SIGINT is ignored.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    # blocked in this (the worker's only) thread and so in every thread it starts; one thread
+    # takes the signals and looks at who sent them
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_parents_sigterm, args=(parent, worker_id), daemon=True,
+                     name="paddlemix-worker-sigterm").start()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        logging.getLogger("paddlemix").warning(
+            "data worker %d: prctl(PR_SET_PDEATHSIG) failed (errno %d); it may outlive a killed trainer",
+            worker_id, ctypes.get_errno())
+
+
+def _exit_on_parents_sigterm(parent: int, worker_id: int) -> None:
+    while True:
+        sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
+        if sender == parent or os.getppid() != parent:
+            os._exit(0)
+        logging.getLogger("paddlemix").debug("data worker %d: SIGTERM from pid %d ignored (the trainer stops it)",
+                                             worker_id, sender)
 
 
 def gather_row_counts(rows: int) -> List[int]:
