@@ -36,7 +36,7 @@ from .models.hub import ppmix_home
 from .models.registry import describe_models
 from .data.samples import BadSample, load_image_file
 from .evaluation.plots import save_similarity_heat_map
-from .evaluation.zero_shot import build_zero_shot_classifier, evaluation_mode
+from .evaluation.zero_shot import build_zero_shot_classifier, check_template, evaluation_mode
 from .processors import CLIPProcessor
 from .utils.log import logger
 
@@ -207,9 +207,10 @@ def label_list(value: str) -> List[str]:
 
 
 def template(value: str) -> str:
-    if "{}" not in value:
-        raise argparse.ArgumentTypeError(f"template {value!r} has no '{{}}' placeholder for the label")
-    return value
+    try:
+        return check_template(value, "--templates")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def non_empty_text(value: str) -> str:

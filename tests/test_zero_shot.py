@@ -66,7 +66,7 @@ def test_classifier_restores_each_sublayers_train_or_eval_flag(tiny_model):
 
 
 def test_template_without_placeholder_is_rejected(tiny_model):
-    with pytest.raises(ValueError, match="'a photo.' has no"):
+    with pytest.raises(ValueError, match="'a photo.' must hold exactly one"):
         build_zero_shot_classifier(tiny_model, CLASSNAMES, ["a photo of a {}.", "a photo."])
 
 

@@ -54,7 +54,7 @@ class CocoKarpathyDataset(paddle.io.Dataset):
     """(image, caption) pairs of a coco_karpathy-format annotation file: one pair per caption.
 
     `__getitem__` returns {"image": transform(image), "caption": str}, or a BadSample (missing or
-    broken image, empty caption) that the collator skips and counts.
+    broken image, empty caption, a record or field of the wrong type) that the collator skips and counts.
     """
 
     def __init__(self, annotation: Union[str, Path], image_root: Union[str, Path], transform: Callable):
@@ -62,28 +62,32 @@ class CocoKarpathyDataset(paddle.io.Dataset):
         if not annotation.is_file():
             raise FileNotFoundError(f"annotation file {annotation} does not exist")
         try:
-            self.records: List[Dict] = json.loads(annotation.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
+            self.records: List = json.loads(annotation.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"{annotation}: not valid JSON ({error})") from error
+        if not isinstance(self.records, list):
+            raise ValueError(f"{annotation}: expected a JSON list of records (coco_karpathy format), "
+                             f"got a {type(self.records).__name__}")
+        self.annotation = annotation
         self.image_root = Path(image_root)
         self.transform = transform
-        self.pairs = []  # (record index, caption)
+        self.pairs = []  # (record index, caption); a record or field of the wrong type is judged per sample
         for index, record in enumerate(self.records):
-            if not isinstance(record, dict) or "image" not in record:
-                raise ValueError(f"{annotation}: record {index} has no 'image' field: {record!r:.200}")
-            captions = record.get("caption", "")
+            captions = record.get("caption", "") if isinstance(record, dict) else None
             for caption in captions if isinstance(captions, list) else [captions]:
                 self.pairs.append((index, caption))
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def image_path(self, record_index: int) -> str:
-        return str(self.image_root / self.records[record_index]["image"])
-
     def __getitem__(self, index: int) -> Union[Dict, BadSample]:
         record_index, caption = self.pairs[index]
-        return image_file_sample(self.image_path(record_index), caption, self.transform)
+        record = self.records[record_index]
+        image = record.get("image") if isinstance(record, dict) else None
+        if not isinstance(image, str):
+            what = "is not an object" if not isinstance(record, dict) else f"has 'image': {image!r:.80}, not a path"
+            return BadSample("bad_field", f"{self.annotation}[{record_index}]", f"the record {what}")
+        return image_file_sample(str(self.image_root / image), caption, self.transform)
 
 
 def coco_karpathy(split: str, transform: Callable, data_dir: Optional[str] = None) -> CocoKarpathyDataset:

@@ -1,7 +1,8 @@
 """Image-caption pairs listed in a CSV/TSV file (open_clip's `--dataset-type csv`).
 
 E.g. Conceptual Captions: `title<TAB>filepath` with a header row. Image paths that are not
-absolute resolve against the CSV file's directory.
+absolute resolve against the CSV file's directory. A row that is not valid UTF-8 is skipped as
+`invalid_utf8`, named by file and line.
 """
 
 import csv
@@ -27,7 +28,8 @@ class CsvDataset(paddle.io.Dataset):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"CSV file {path} does not exist")
-        with open(path, newline="", encoding="utf-8") as handle:
+        # surrogateescape: invalid bytes survive the read as lone surrogates, so the row, not the file, is skipped
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
             reader = csv.DictReader(handle, delimiter=separator)
             columns = reader.fieldnames or []
             missing = [key for key in (img_key, caption_key) if key not in columns]
@@ -36,14 +38,26 @@ class CsvDataset(paddle.io.Dataset):
                     f"{path}: no column {', '.join(map(repr, missing))} (columns: {columns}); set --csv_img_key, "
                     f"--csv_caption_key, or --csv_separator (now {separator!r})"
                 )
-            rows = [(row[img_key] or "", row[caption_key]) for row in reader]
+            rows = [(row[img_key] or "", row[caption_key], f"{path}:{reader.line_num}") for row in reader]
         self.root = path.parent
-        self.images = [str(self.root / image) for image, _ in rows]  # an absolute path stays absolute
-        self.captions = [caption for _, caption in rows]
+        self.images = [str(self.root / image) for image, _, _ in rows]  # an absolute path stays absolute
+        self.captions = [caption for _, caption, _ in rows]
+        self.lines = [line for _, _, line in rows]
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> Union[Dict, BadSample]:
+        if not (_is_utf8(self.images[index]) and _is_utf8(self.captions[index] or "")):
+            return BadSample("invalid_utf8", self.lines[index])
         return image_file_sample(self.images[index], self.captions[index], self.transform)
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text read with errors="surrogateescape" from bytes that were not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -5,12 +5,17 @@ Map-style datasets return a BadSample in place of a broken sample; streaming dat
 count it in the next sample's `skipped`. Either way the collator drops it from the batch and
 passes the counts along, and the loader (in the main process, whatever the number of workers)
 adds them up and logs them.
+
+Without workers the samples are read in the calling thread (`main_thread_batches`), not in the
+background thread of Paddle's single-process DataLoader: an exception there ends that thread while
+the consumer waits on its queue forever, deaf to SIGTERM.
 """
 
+import itertools
 import random
 import time
 from collections import Counter
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -18,7 +23,30 @@ import paddle
 from ..processors.tokenizer import tokenize
 from ..utils.distributed import data_worker_init, get_rank, get_world_size
 from ..utils.log import logger
-from .samples import REASONS, AllSamplesBadError, BadSample
+from .samples import REASONS, AllSamplesBadError, BadSample, log_skipped
+
+
+def main_thread_batches(dataset, collate_fn: Callable, batch_sampler: Optional[Iterable] = None, batch_size: int = 1,
+                        drop_last: bool = False) -> Iterator[Dict]:
+    """What `paddle.io.DataLoader(dataset, ..., num_workers=0)` yields, read in the calling thread.
+
+    Paddle's DataLoader reads a dataset without workers in a background thread
+    (paddle/io/dataloader/dataloader_iter.py, `_thread_loop`), which an exception from the dataset or
+    `collate_fn` ends without telling the consumer, left waiting forever. Read here, the exception
+    reaches the caller. Map-style datasets are read in `batch_sampler`'s batches of indices, iterable
+    ones in runs of `batch_size` samples (the last, shorter one dropped with `drop_last`). Numpy
+    arrays in a batch become paddle tensors, as the DataLoader returns them.
+    """
+    if batch_sampler is not None:
+        chunks = ([dataset[index] for index in indices] for indices in batch_sampler)
+    else:
+        samples = iter(dataset)
+        chunks = iter(lambda: list(itertools.islice(samples, batch_size)), [])
+    for chunk in chunks:
+        if batch_sampler is None and drop_last and len(chunk) < batch_size:
+            return
+        batch = collate_fn(chunk)
+        yield {key: paddle.to_tensor(value) if isinstance(value, np.ndarray) else value for key, value in batch.items()}
 
 
 class ImageTextCollator:
@@ -33,6 +61,7 @@ class ImageTextCollator:
         for sample in samples:
             if isinstance(sample, BadSample):
                 skipped[sample.reason] += 1
+                log_skipped(sample)
             else:
                 skipped.update(sample.get("skipped", {}))
                 good.append(sample)
@@ -180,6 +209,8 @@ class ImageTextLoader:
             self.batch_sampler = ResumableDistributedBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last)
             self.loader = paddle.io.DataLoader(SeededSamples(dataset), batch_sampler=self.batch_sampler,
                                                collate_fn=self.collator, num_workers=num_workers, worker_init_fn=data_worker_init)
+        self.num_workers = num_workers
+        self.batch_size, self.drop_last = batch_size, drop_last  # for main_thread_batches, without workers
         self.consumed_batches = 0
         self.wait_seconds = 0.0  # time the consumer spent waiting for batches (data time)
 
@@ -209,7 +240,11 @@ class ImageTextLoader:
         self.batch_sampler.skip_batches = self.consumed_batches = state["consumed_batches"]
 
     def __iter__(self) -> Iterator[Dict[str, paddle.Tensor]]:
-        batches = iter(self.loader)
+        if self.num_workers:
+            batches = iter(self.loader)
+        else:
+            dataset = self.dataset if self.streaming else SeededSamples(self.dataset)
+            batches = main_thread_batches(dataset, self.collator, self.batch_sampler, self.batch_size, self.drop_last)
         while True:
             started = time.perf_counter()
             batch = next(batches, None)

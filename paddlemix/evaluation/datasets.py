@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import List, Tuple
 
+from .zero_shot import check_template
 from .zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, load_metadata_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -46,8 +47,8 @@ class ClassificationSet:
         if (root / "templates.txt").is_file():
             path = root / "templates.txt"
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip() and not line.startswith("#") and "{}" not in line:
-                    raise ValueError(f"{path}:{number}: template {line!r} has no {{}} for the class name")
+                if line.strip() and not line.startswith("#"):
+                    check_template(line, f"{path}:{number}")
             self.templates = load_metadata_file(path)
         else:
             self.templates = OPENAI_IMAGENET_TEMPLATES if imagenet else DEFAULT_TEMPLATES

@@ -13,7 +13,8 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from ..data.samples import BadSample, load_image_file
+from ..data.loader import main_thread_batches
+from ..data.samples import BadSample, load_image_file, log_skipped, transformed
 from ..processors import tokenize
 from ..utils.distributed import gather_row_counts, get_rank, get_world_size
 from ..utils.log import logger
@@ -37,9 +38,12 @@ class _ImageFiles(paddle.io.Dataset):
     def __getitem__(self, position: int):
         index = self.indices[position]
         image = load_image_file(self.paths[index])
+        if not isinstance(image, BadSample):
+            image = transformed(image, self.transform, self.paths[index])
         if isinstance(image, BadSample):
+            log_skipped(image)
             return {"image": np.zeros((0,), "float32"), "index": -1, "reason": image.reason}
-        return {"image": self.transform(image), "index": index, "reason": ""}
+        return {"image": image, "index": index, "reason": ""}
 
 
 def _collate(samples):
@@ -70,8 +74,12 @@ def image_features(model, paths: Sequence[str], transform: Callable, batch_size:
                    normalize: bool = True) -> ImageFeatures:
     """Features of the images at `paths`, this rank encoding every world-th one, then gathered."""
     mine = list(range(get_rank(), len(paths), get_world_size()))
-    loader = paddle.io.DataLoader(_ImageFiles(paths, mine, transform), batch_size=batch_size,
-                                  num_workers=num_workers, collate_fn=_collate)
+    files = _ImageFiles(paths, mine, transform)
+    if num_workers:
+        loader = paddle.io.DataLoader(files, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    else:  # not Paddle's reader thread, which hangs the run when it raises (see main_thread_batches)
+        batches = paddle.io.BatchSampler(files, batch_size=batch_size)
+        loader = main_thread_batches(files, _collate, batch_sampler=batches)
     features, kept, skipped = [], [], Counter()
     with evaluation_mode(model):
         for batch in loader:

@@ -5,6 +5,7 @@ broken by class index (see `ranking`), the way `argmax` breaks them.
 """
 
 import contextlib
+import string
 from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import paddle
@@ -26,6 +27,21 @@ def evaluation_mode(model: paddle.nn.Layer) -> Iterator[None]:
     finally:
         for layer, training in flags:
             layer.training = training
+
+
+def check_template(template: str, where: str = "") -> str:
+    """`template` if it holds exactly one `{}` (the class name) and no other replacement field; else a
+    ValueError naming it and `where` (a flag, or file:line)."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:  # an unmatched { or }
+        problem = str(error)
+    else:
+        if fields == [""]:
+            return template
+        problem = f"it has {len(fields)}: " + ", ".join("{" + field + "}" for field in fields) if fields else "it has none"
+    raise ValueError(f"{where + ': ' if where else ''}template {template!r} must hold exactly one {{}} for the class "
+                     f"name ({problem}); write a literal brace as {{{{ or }}}}")
 
 
 # Texts per forward pass of the text tower while building a classifier: CLIP ViT-B-32 here encodes
@@ -50,8 +66,7 @@ def build_zero_shot_classifier(
     if not classnames or not templates:
         raise ValueError(f"need at least one class name and one template, got {len(classnames)} and {len(templates)}")
     for template in templates:
-        if "{}" not in template:
-            raise ValueError(f"template {template!r} has no '{{}}' placeholder for the class name")
+        check_template(template)
     if batch_classes < 1:
         raise ValueError(f"batch_classes must be >= 1, got {batch_classes}")
     context_length = context_length or model.context_length

@@ -50,7 +50,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Un
 from PIL import Image
 
 from ..data.laion import CAPTION_FIELD, parse_laion_line, read_filelist, read_part_lines, split_laion_line
-from ..data.samples import BadSample, clean_caption, decode_image, decode_text
+from ..data.samples import BadSample, clean_caption, decode_image, decode_text, log_skipped, read_file
 from ..data.webdataset_shards import IMAGE_EXTENSIONS, MANIFEST
 from ..utils.log import logger
 
@@ -80,18 +80,11 @@ class SourceRecord:
 # ---------------------------------------------------------------- sources
 
 
-def _read_file(path: Path) -> Union[bytes, BadSample]:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return BadSample("missing_file", str(path))
-    except IsADirectoryError:
-        return BadSample("not_an_image", str(path))
-
-
 def _first_caption(caption: object, where: str) -> Union[str, BadSample]:
     """A caption, or the first usable one of a list."""
-    for candidate in caption if isinstance(caption, list) else [caption]:
+    if not isinstance(caption, list):
+        return clean_caption(caption, where)
+    for candidate in caption:
         cleaned = clean_caption(candidate, where)
         if not isinstance(cleaned, BadSample):
             return cleaned
@@ -102,7 +95,7 @@ def _sample_from_file(image_path: Path, caption: object, meta: dict, where: str)
     text = _first_caption(caption, where)
     if isinstance(text, BadSample):
         return text
-    data = _read_file(image_path)
+    data = read_file(image_path)
     return data if isinstance(data, BadSample) else Sample(data, text, meta)
 
 
@@ -116,7 +109,8 @@ def coco_karpathy_records(annotations: Path, image_root: Path) -> Iterator[Sourc
         where = f"{annotations}[{index}]"
         image = entry.get("image") if isinstance(entry, dict) else None
         if not isinstance(image, str):
-            yield SourceRecord(where, partial(BadSample, "missing_file", where))
+            detail = f"'image' is {image!r:.80}, not a path" if isinstance(entry, dict) else "not an object"
+            yield SourceRecord(where, partial(BadSample, "bad_field", where, detail))
             continue
         yield SourceRecord(where, partial(_sample_from_file, image_root / image, entry.get("caption"), entry, where))
 
@@ -168,7 +162,7 @@ def laion_records(filelist: Path) -> Iterator[SourceRecord]:
 
 def _folder_sample(image_path: Path, root: Path) -> Union[Sample, BadSample]:
     caption_path = image_path.with_suffix(".txt")
-    raw = _read_file(caption_path)
+    raw = read_file(caption_path)
     if isinstance(raw, BadSample):
         return BadSample("empty_caption", str(caption_path))  # an image without its caption file
     caption = decode_text(raw, str(caption_path))
@@ -190,6 +184,13 @@ def folder_records(root: Path) -> Iterator[SourceRecord]:
 
 def _members(record: SourceRecord, max_side: Optional[int], quality: int) -> Union[Dict[str, bytes], BadSample]:
     """The tar members of one sample by extension (image, `txt`, `json`), or why it is skipped."""
+    try:
+        return _encoded_members(record, max_side, quality)
+    except Exception as error:  # the bad-sample rule: whatever one sample raises skips it (the rerun does too)
+        return BadSample("decode_error", record.where, f"{type(error).__name__}: {error}")
+
+
+def _encoded_members(record: SourceRecord, max_side: Optional[int], quality: int) -> Union[Dict[str, bytes], BadSample]:
     sample = record.load()
     if isinstance(sample, BadSample):
         return sample
@@ -357,7 +358,7 @@ def pack(
         members = _members(record, max_side, quality)
         if isinstance(members, BadSample):
             skipped[members.reason] += 1
-            logger.debug("skipped %s: %s", members.where, members.reason)
+            log_skipped(members)
             continue
         if writer is None:
             writer = ShardWriter(output / f"{prefix}-{len(manifest['shards']):06d}.tar")

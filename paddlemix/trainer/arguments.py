@@ -70,6 +70,9 @@ class CLIPTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        for flag in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(self, flag) < 1:
+                raise ValueError(f"--{flag} must be >= 1 (samples per device and step), got {getattr(self, flag)}")
         # PaddleNLP resets `sharding` and `tensor_parallel_degree` in a single process; keep what
         # was asked for, so that a request this machine cannot serve is refused rather than dropped.
         self.requested_sharding = str(self.sharding or "")
