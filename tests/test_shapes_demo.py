@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 DEMO = Path(__file__).resolve().parents[1] / "paddlemix" / "examples" / "clip" / "run_shapes_demo.py"
 
@@ -15,10 +16,14 @@ def load_demo():
     return demo
 
 
-def test_shapes_demo_trains_evaluates_and_writes_the_heat_map(tmp_path):
-    metrics = load_demo().main(["--output_dir", str(tmp_path), "--max_steps", "3"])
-    assert metrics["num_samples"] == 96 and 0 <= metrics["top1"] <= metrics["top5"] <= 100
-    assert Path(metrics["heat_map"]).is_file()
+def test_shapes_demo_learns_above_chance_in_20_steps_and_writes_the_heat_map(tmp_path):
+    metrics = load_demo().main(["--output_dir", str(tmp_path), "--max_steps", "20"])
+    chance_top5 = 5 * metrics["chance_top1"]
+    assert metrics["num_samples"] == 96
+    # 20 steps give top-1 8.3%, top-5 40.6% on AMD EPYC (chance 2.1%, 10.4%): half of that is the bar
+    assert metrics["top1"] >= 2 * metrics["chance_top1"] and metrics["top5"] >= 2 * chance_top5
+    with Image.open(metrics["heat_map"]) as heat_map:
+        assert heat_map.format == "PNG" and min(heat_map.size) > 100
     assert (tmp_path / "model" / "model_state.pdparams").is_file()
 
 
