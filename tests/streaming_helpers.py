@@ -11,3 +11,12 @@ def read_epochs(dataset):
         captions.append(sample["caption"])
         skipped.update(sample["skipped"])
     return captions, skipped
+
+
+def take_batches(loader, count):
+    """The next `count` batches of `loader` as numpy arrays ({"image", "input_ids"}), the loader then paused
+    (its dataloader workers shut down) as a killed run leaves it."""
+    batches = iter(loader)
+    taken = [{key: value.numpy() for key, value in next(batches).items()} for _ in range(count)]
+    batches.close()
+    return taken

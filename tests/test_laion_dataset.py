@@ -190,7 +190,7 @@ def test_readers_split_each_epoch_disjointly_and_completely(tmp_path, monkeypatc
     filelist = write_dataset(tmp_path, parts, gzipped={0})
     read, skipped = Counter(), Counter()
     for reader in range(readers):
-        monkeypatch.setattr(sharding, "reader_shard", lambda reader=reader: (reader, readers))
+        monkeypatch.setattr(sharding, "reader_shard", lambda first_worker=0, reader=reader: (reader, readers))
         dataset = LaionDataset(filelist, TRANSFORM, seed=3, shuffle_buffer=5, epochs=epochs)
         captions, reader_skipped = read_epochs(dataset)
         read.update(captions)

@@ -150,7 +150,7 @@ def test_readers_split_each_epoch_disjointly_and_completely(tmp_path, monkeypatc
         write_shard(tmp_path / f"d-{shard}.tar", good_samples(f"shard {shard}", 5) + [("bad", {"txt": b"no image"})])
     read, skipped = Counter(), Counter()
     for reader in range(readers):
-        monkeypatch.setattr(sharding, "reader_shard", lambda reader=reader: (reader, readers))
+        monkeypatch.setattr(sharding, "reader_shard", lambda first_worker=0, reader=reader: (reader, readers))
         dataset = TarShardDataset(str(tmp_path / f"d-{{0..{shards - 1}}}.tar"), TRANSFORM, seed=2, shuffle_buffer=4,
                                   epochs=epochs)
         captions, reader_skipped = read_epochs(dataset)

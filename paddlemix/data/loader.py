@@ -72,7 +72,10 @@ class ImageTextCollator:
             images = np.zeros((0, 3, 1, 1), dtype=np.float32)
             input_ids = np.zeros((0, self.context_length), dtype=np.int64)
         # counts as an int64 array in REASON order: numbers survive the worker -> main transfer
-        return {"image": images, "input_ids": input_ids, "skipped": _counts_to_array(skipped)}
+        batch = {"image": images, "input_ids": input_ids, "skipped": _counts_to_array(skipped)}
+        if good and "stream" in good[-1]:  # a batch is one reader's run: its position after the last sample
+            batch["stream"] = np.array(good[-1]["stream"], dtype=np.int64)
+        return batch
 
 
 def _counts_to_array(counts: Counter) -> np.ndarray:
@@ -192,7 +195,10 @@ class ImageTextLoader:
 
     For map-style datasets `state_dict()` records the epoch and the batches *consumed* by the
     training loop (not the ones workers prefetched), so `load_state_dict` resumes exactly after
-    the last batch the model saw.
+    the last batch the model saw. For streaming datasets it records, per reader (rank x worker), the
+    `streaming.StreamPosition` after the last batch consumed from it and, per rank, the worker whose
+    batch comes next; the dataset replays each reader's stream to there (see streaming.py). Every
+    rank must then call `state_dict()`, a collective: each rank knows only its own readers.
     """
 
     def __init__(self, dataset, batch_size: int, context_length: int = 77, num_workers: int = 0, shuffle: bool = True,
@@ -204,14 +210,18 @@ class ImageTextLoader:
         if self.streaming:
             self.batch_sampler = None
             self.loader = paddle.io.DataLoader(dataset, batch_size=batch_size, collate_fn=self.collator,
-                                               num_workers=num_workers, drop_last=drop_last, worker_init_fn=data_worker_init)
+                                               num_workers=num_workers, drop_last=drop_last,
+                                               worker_init_fn=data_worker_init)
         else:
             self.batch_sampler = ResumableDistributedBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last)
             self.loader = paddle.io.DataLoader(SeededSamples(dataset), batch_sampler=self.batch_sampler,
-                                               collate_fn=self.collator, num_workers=num_workers, worker_init_fn=data_worker_init)
+                                               collate_fn=self.collator, num_workers=num_workers,
+                                               worker_init_fn=data_worker_init)
         self.num_workers = num_workers
         self.batch_size, self.drop_last = batch_size, drop_last  # for main_thread_batches, without workers
         self.consumed_batches = 0
+        self.stream_positions: Dict[int, List[int]] = {}  # reader -> [epoch, records] after its last batch taken
+        self.next_worker = 0  # the worker (of this rank) whose batch comes next
         self.wait_seconds = 0.0  # time the consumer spent waiting for batches (data time)
 
     def take_wait_seconds(self) -> float:
@@ -229,17 +239,64 @@ class ImageTextLoader:
             self.batch_sampler.set_epoch(epoch)
             self.batch_sampler.skip_batches = self.consumed_batches = 0
 
-    def state_dict(self) -> Dict[str, int]:
+    def state_dict(self) -> Dict:
+        """JSON-able position; for a stream every rank must call it (it gathers all ranks' readers)."""
         epoch = self.batch_sampler.epoch if self.batch_sampler is not None else 0
-        return {"epoch": epoch, "consumed_batches": self.consumed_batches}
+        state = {"epoch": epoch, "consumed_batches": self.consumed_batches}
+        if self.streaming:
+            state["stream"] = self._stream_state()
+        return state
 
-    def load_state_dict(self, state: Dict[str, int]) -> None:
-        if self.batch_sampler is None:
-            raise ValueError("a streaming dataset cannot resume mid-epoch by position")
+    def load_state_dict(self, state: Dict) -> None:
+        if self.streaming:
+            self._load_stream_state(state)
+            return
         self.batch_sampler.set_epoch(state["epoch"])
         self.batch_sampler.skip_batches = self.consumed_batches = state["consumed_batches"]
 
+    def _workers_per_rank(self) -> int:
+        return max(1, self.num_workers)
+
+    def _stream_state(self) -> Dict:
+        mine = {"readers": get_world_size() * self._workers_per_rank(),
+                "positions": {str(reader): position for reader, position in sorted(self.stream_positions.items())},
+                "next_worker": {str(get_rank()): self.next_worker}}
+        if get_world_size() == 1:
+            return mine
+        everyone: List[Dict] = []
+        paddle.distributed.all_gather_object(everyone, mine)
+        return {"readers": mine["readers"],
+                "positions": {reader: position for rank in everyone for reader, position in rank["positions"].items()},
+                "next_worker": {rank: worker for state in everyone for rank, worker in state["next_worker"].items()}}
+
+    def _load_stream_state(self, state: Dict) -> None:
+        stream = state.get("stream")
+        if stream is None:
+            logger.warning("the checkpoint holds no stream position (saved by a paddlemix that resumed streams by "
+                           "step count only): the stream starts again from its beginning")
+            return
+        workers = self._workers_per_rank()
+        readers = get_world_size() * workers
+        if stream["readers"] != readers:
+            raise ValueError(
+                f"the checkpoint's stream position is for {stream['readers']} readers (ranks x "
+                f"--dataloader_num_workers), this run has {readers} ({get_world_size()} x {workers}): resume with "
+                "the number of processes and --dataloader_num_workers of the run that saved it"
+            )
+        own = range(get_rank() * workers, (get_rank() + 1) * workers)
+        self.stream_positions = {int(reader): list(position) for reader, position in stream["positions"].items()
+                                 if int(reader) in own}
+        self.next_worker = stream["next_worker"].get(str(get_rank()), 0)
+        self.consumed_batches = state["consumed_batches"]
+
+    def _took_stream_batch(self, stream: np.ndarray) -> None:
+        reader, epoch, records = (int(value) for value in stream)
+        self.stream_positions[reader] = [epoch, records]
+        self.next_worker = (reader % self._workers_per_rank() + 1) % self._workers_per_rank()
+
     def __iter__(self) -> Iterator[Dict[str, paddle.Tensor]]:
+        if self.streaming:  # go on from the batches consumed so far (or loaded by load_state_dict)
+            self.dataset.start_at(self.stream_positions, self.next_worker)
         if self.num_workers:
             batches = iter(self.loader)
         else:
@@ -253,6 +310,8 @@ class ImageTextLoader:
                 break
             skipped = np.asarray(batch.pop("skipped")).reshape(-1)
             self.report.update(int(batch["image"].shape[0]), dict(zip(REASONS, skipped.tolist())))
+            if "stream" in batch:
+                self._took_stream_batch(np.asarray(batch.pop("stream")).reshape(-1))
             self.consumed_batches += 1
             if batch["image"].shape[0]:
                 yield batch

@@ -3,6 +3,15 @@
 Readers are rank x dataloader worker pairs (`sharding.reader_shard`); each epoch the files (or, with
 fewer files than readers, the samples within them) are split disjointly and completely among them,
 shuffled from (seed, epoch), decoded, and bad samples counted by reason.
+
+Resuming mid-epoch: every reader's stream is a pure function of (files, seed, epoch, reader index,
+reader count), so its position is two numbers, the epoch and the records of that epoch's shuffled
+stream consumed (good and bad, `StreamPosition`). Each yielded sample carries its reader's position
+after it (`"stream"`), the loader keeps the position of the last batch the model took from each
+reader (`loader.ImageTextLoader.state_dict`), and `start_at` makes a fresh dataset replay each
+reader's stream up to its position without decoding an image: files re-read, the shuffle buffer
+refilled from the same RNG, records dropped undecoded. Random augmentations are drawn per sample
+from (seed, epoch, reader, position), so they do not depend on where the stream was resumed either.
 """
 
 import abc
@@ -10,7 +19,7 @@ import itertools
 import random
 from collections import Counter
 from functools import partial
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, TypeVar, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, TypeVar, Union
 
 import paddle
 
@@ -27,6 +36,13 @@ class Record(NamedTuple):
     image: bytes  # encoded (JPEG, PNG, ...)
     caption: str
     where: str  # file and line or key, for the log
+
+
+class StreamPosition(NamedTuple):
+    """Where a reader's stream stands: `records` of epoch `epoch`'s shuffled stream consumed (good and bad)."""
+
+    epoch: int
+    records: int
 
 
 def buffered_shuffle(items: Iterable[T], size: int, rng: random.Random) -> Iterator[T]:
@@ -89,6 +105,15 @@ class StreamingDataset(paddle.io.IterableDataset, abc.ABC):
         self.shuffle_buffer = shuffle_buffer
         self.num_samples = num_samples
         self.epochs = epochs  # None: endless, as step-driven training wants; a number stops (tests, evaluation)
+        self.start_positions: Dict[int, StreamPosition] = {}
+        self.first_worker = 0
+
+    def start_at(self, positions: Mapping[int, StreamPosition], first_worker: int = 0) -> None:
+        """Resume: reader i starts at positions[i] (readers not named start at the beginning), and this
+        rank's dataloader worker 0 plays its reader `first_worker` (see `sharding.reader_shard`), so the
+        loader's round robin over workers goes on with the reader whose batch comes next."""
+        self.start_positions = {int(reader): StreamPosition(*position) for reader, position in positions.items()}
+        self.first_worker = first_worker
 
     @abc.abstractmethod
     def read(self, path: str, keep: Callable[[int], bool]) -> Iterator[Union[Record, BadSample]]:
@@ -101,30 +126,58 @@ class StreamingDataset(paddle.io.IterableDataset, abc.ABC):
             return [(self.files[f], _keep_all) for f in sharding.take_shard(order, index, count)]
         return [(self.files[f], partial(_owns, f, index, count)) for f in order]
 
-    def _samples(self, epoch: int, index: int, count: int) -> Iterator[Union[Dict, BadSample]]:
-        """This reader's share of the epoch, shuffled and decoded; bad samples as BadSample."""
+    def _samples(self, epoch: int, index: int, count: int, skip: int) -> Iterator[Tuple[int, Union[Dict, BadSample]]]:
+        """(position, sample) of this reader's share of the epoch, shuffled and decoded, from position
+        `skip` on (the records before it are read but not decoded); bad samples as BadSample."""
         plan = self._plan(epoch, index, count)
         records = itertools.chain.from_iterable(self.read(path, keep) for path, keep in plan)
-        for item in buffered_shuffle(records, self.shuffle_buffer, _epoch_rng(self.seed, epoch, index)):
+        shuffled = buffered_shuffle(records, self.shuffle_buffer, _epoch_rng(self.seed, epoch, index))
+        replayed = sum(1 for _ in itertools.islice(shuffled, skip))
+        if replayed < skip:
+            raise ValueError(
+                f"reader {index} of {count}: the resumed position (epoch {epoch}, record {skip}) lies past the end of "
+                f"its share of {len(self.files)} files ({replayed} records): the files changed since the checkpoint "
+                "was saved. Resume from a checkpoint of this data, or start afresh (no --resume_from_checkpoint)"
+            )
+        for position, item in enumerate(shuffled, start=skip):
             if isinstance(item, BadSample):
-                yield item
+                yield position, item
                 continue
             image = decode_image(item.image, item.where)
-            yield image if isinstance(image, BadSample) else {"image": self.transform(image), "caption": item.caption}
+            if isinstance(image, BadSample):
+                yield position, image
+                continue
+            yield position, {"image": self._transform(image, _epoch_rng(self.seed, epoch, index, position)),
+                             "caption": item.caption}
+
+    def _transform(self, image, rng: random.Random):
+        """The transform with its random augmentation (if it has one: an `rng` attribute) drawn from `rng`."""
+        if not hasattr(self.transform, "rng"):
+            return self.transform(image)
+        previous, self.transform.rng = self.transform.rng, rng
+        try:
+            return self.transform(image)
+        finally:
+            self.transform.rng = previous
 
     def __iter__(self) -> Iterator[Dict]:
-        index, count = sharding.reader_shard()
-        for epoch in itertools.count() if self.epochs is None else range(self.epochs):
+        """Samples as the class doc says, each with `"stream"`: [reader index, epoch, records], its
+        reader's StreamPosition once the sample and the bad records after it are consumed."""
+        index, count = sharding.reader_shard(self.first_worker)
+        start = self.start_positions.get(index, StreamPosition(0, 0))
+        for epoch in itertools.count(start.epoch) if self.epochs is None else range(start.epoch, self.epochs):
             # Each good sample waits for the next one, so the bad samples after an epoch's last
             # good one still ride on it: every epoch's counts arrive in full, even in a finite run.
+            # A resumed epoch starts at a good sample: a saved position is where a held sample was.
             held, skipped = None, Counter()
-            for sample in self._samples(epoch, index, count):
+            skip = start.records if epoch == start.epoch else 0
+            for position, sample in self._samples(epoch, index, count, skip):
                 if isinstance(sample, BadSample):
                     logger.debug("skipped %s: %s", sample.where, sample.reason)
                     skipped[sample.reason] += 1
                     continue
                 if held is not None:
-                    yield {**held, "skipped": dict(skipped)}
+                    yield {**held, "skipped": dict(skipped), "stream": [index, epoch, position]}
                     skipped.clear()
                 held = sample
             if held is None and skipped:
@@ -137,4 +190,4 @@ class StreamingDataset(paddle.io.IterableDataset, abc.ABC):
                 logger.warning("reader %d of %d: its share of %d files holds no samples; it stops",
                                index, count, len(self.files))
                 return
-            yield {**held, "skipped": dict(skipped)}
+            yield {**held, "skipped": dict(skipped), "stream": [index, epoch + 1, 0]}
