@@ -290,8 +290,7 @@ class CLIPTrainer(Trainer):
                 self.finished_before = True
                 self._load_from_checkpoint(resume_from_checkpoint)
                 return None
-            if not self.train_loader.streaming:
-                self.train_loader.load_state_dict(state["loader"])
+            self.train_loader.load_state_dict(state["loader"])
             # the loader resumes its own position: PaddleNLP must not also skip batches
             self.args.ignore_data_skip = True
             self._resume_rng_from = resume_from_checkpoint
@@ -345,8 +344,9 @@ class CLIPTrainer(Trainer):
         if self.args.should_save and folder.exists():  # a partial save of the same step from a killed run
             shutil.rmtree(folder)
         super()._save_checkpoint(model, metrics)
+        loader_state = self.train_loader.state_dict()  # on every rank: a stream's gathers all ranks' readers
         if self.args.should_save:
-            state = {"loader": self.train_loader.state_dict(), "nonfinite_skipped": self.nonfinite_skipped,
+            state = {"loader": loader_state, "nonfinite_skipped": self.nonfinite_skipped,
                      "per_device_train_batch_size": self.args.per_device_train_batch_size,
                      "world_size": self.args.world_size}
             (folder / TRAINER_STATE).write_text(json.dumps(state))
