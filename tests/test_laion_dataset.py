@@ -231,3 +231,17 @@ def test_dataloader_workers_read_one_epoch_disjointly_and_completely(tmp_path, f
     loader = paddle.io.DataLoader(LaionDataset(filelist, TRANSFORM, seed=1, epochs=1), batch_size=None, num_workers=2)
     captions = [sample["caption"] for sample in loader]
     assert sorted(captions) == sorted(f"part {p} {i}" for p in range(files) for i in range(6))
+
+
+def test_a_transform_that_fails_on_one_stream_image_skips_it_as_decode_error(tmp_path):
+    """The bad-sample rule holds after decoding too: a transform raising on one image skips it."""
+    lines = [part_line({"caption_en": f"image {i}"}, encoded_image(i, size=(12 + i, 10)), key=i) for i in range(4)]
+
+    def fails_on_width_14(image):
+        if image.width == 14:
+            raise RuntimeError("no such crop")
+        return TRANSFORM(image)
+
+    captions, skipped = read_epochs(LaionDataset(write_dataset(tmp_path, [lines]), fails_on_width_14, epochs=1))
+    assert sorted(captions) == ["image 0", "image 1", "image 3"]
+    assert skipped == Counter({"decode_error": 1})

@@ -25,7 +25,7 @@ import paddle
 
 from ..utils.log import logger
 from . import sharding
-from .samples import AllSamplesBadError, BadSample, decode_image
+from .samples import AllSamplesBadError, BadSample, decode_image, transformed
 
 T = TypeVar("T")
 
@@ -144,19 +144,18 @@ class StreamingDataset(paddle.io.IterableDataset, abc.ABC):
                 yield position, item
                 continue
             image = decode_image(item.image, item.where)
-            if isinstance(image, BadSample):
-                yield position, image
-                continue
-            yield position, {"image": self._transform(image, _epoch_rng(self.seed, epoch, index, position)),
-                             "caption": item.caption}
+            if not isinstance(image, BadSample):
+                image = self._transform(image, _epoch_rng(self.seed, epoch, index, position), item.where)
+            yield position, image if isinstance(image, BadSample) else {"image": image, "caption": item.caption}
 
-    def _transform(self, image, rng: random.Random):
-        """The transform with its random augmentation (if it has one: an `rng` attribute) drawn from `rng`."""
+    def _transform(self, image, rng: random.Random, where: str):
+        """The transform (as `samples.transformed`: a failure skips the sample) with its random
+        augmentation (if it has one: an `rng` attribute) drawn from `rng`."""
         if not hasattr(self.transform, "rng"):
-            return self.transform(image)
+            return transformed(image, self.transform, where)
         previous, self.transform.rng = self.transform.rng, rng
         try:
-            return self.transform(image)
+            return transformed(image, self.transform, where)
         finally:
             self.transform.rng = previous
 
