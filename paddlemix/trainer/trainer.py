@@ -46,7 +46,12 @@ def json_record(logs: Dict) -> str:
 
 
 class PreemptionCallback(TrainerCallback):
-    """On SIGTERM/SIGINT: finish the current step, save a checkpoint, stop cleanly."""
+    """On SIGTERM/SIGINT: finish the current step, save a checkpoint, stop cleanly.
+
+    With several processes a signal reaches them at different moments (a scheduler signals each
+    node on its own), but the save is collective: after every step the ranks agree (an all-reduce
+    of the flag), so all of them stop at the same step when any one was signalled.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -68,7 +73,14 @@ class PreemptionCallback(TrainerCallback):
         logger.warning("%s received: saving a checkpoint after this step, then stopping", self.requested)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        requested = self.requested is not None
+        if get_world_size() > 1:
+            flag = paddle.to_tensor([int(requested)], dtype="int32")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if int(flag.item()) and not requested:
+                logger.warning("another process received a stop signal: saving a checkpoint after this step, then stopping")
+            requested = bool(int(flag.item()))
+        if requested:
             control.should_save = True
             control.should_training_stop = True
         return control

@@ -394,3 +394,29 @@ def test_fp16_loss_scaling_gives_the_fp32_gradients_after_unscaling(setup, tmp_p
                                    err_msg=f"{name}: backward did not go through the scaler")
         np.testing.assert_allclose(unscaled[name], grad, rtol=1e-4, atol=1e-7, err_msg=name)
     assert math.isfinite(float(trainer.scaler._scale))
+
+
+@pytest.mark.parametrize("signalled_here, signalled_elsewhere, stops", [
+    (False, False, False), (True, False, True), (False, True, True), (True, True, True)])
+def test_every_rank_stops_at_the_step_any_rank_was_signalled_in(monkeypatch, signalled_here, signalled_elsewhere,
+                                                                 stops):
+    """The save after a stop signal is collective, so the ranks agree on the step: an all-reduce (MAX)
+    of the flag, stood in for here by a peer whose flag is `signalled_elsewhere`."""
+    from paddlemix.trainer import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "get_world_size", lambda: 2)
+    reduced = []
+
+    def all_reduce(tensor, op):
+        assert op == paddle.distributed.ReduceOp.MAX
+        reduced.append(int(tensor.item()))
+        tensor.set_value(paddle.to_tensor([max(int(tensor.item()), int(signalled_elsewhere))], dtype=tensor.dtype))
+
+    monkeypatch.setattr(trainer_module.dist, "all_reduce", all_reduce)
+    callback = trainer_module.PreemptionCallback()
+    if signalled_here:
+        callback._request(signal.SIGTERM, None)
+    control = types.SimpleNamespace(should_save=False, should_training_stop=False)
+    callback.on_step_end(None, None, control)
+    assert reduced == [int(signalled_here)]  # every rank takes part in every step's agreement
+    assert (control.should_save, control.should_training_stop) == (stops, stops)
