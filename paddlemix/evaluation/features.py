@@ -16,7 +16,7 @@ import paddle.distributed as dist
 from ..data.loader import main_thread_batches
 from ..data.samples import BadSample, load_image_file, log_skipped, transformed
 from ..processors import tokenize
-from ..utils.distributed import gather_row_counts, get_rank, get_world_size
+from ..utils.distributed import data_worker_init, gather_row_counts, get_rank, get_world_size
 from ..utils.log import logger
 from .zero_shot import evaluation_mode
 
@@ -76,7 +76,9 @@ def image_features(model, paths: Sequence[str], transform: Callable, batch_size:
     mine = list(range(get_rank(), len(paths), get_world_size()))
     files = _ImageFiles(paths, mine, transform)
     if num_workers:
-        loader = paddle.io.DataLoader(files, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+        # data_worker_init: a group SIGTERM during training-time evaluation is the trainer's to handle
+        loader = paddle.io.DataLoader(files, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
+                                      worker_init_fn=data_worker_init)
     else:  # not Paddle's reader thread, which hangs the run when it raises (see main_thread_batches)
         batches = paddle.io.BatchSampler(files, batch_size=batch_size)
         loader = main_thread_batches(files, _collate, batch_sampler=batches)
