@@ -105,7 +105,7 @@ class ParallelLayerNorm(nn.Layer):
 
     Mean and variance come from sums over every rank's slice, so the result equals a LayerNorm of
     the whole width; the affine weight and bias are split like the activations. The statistics and
-    the normalisation run in float32 whatever the input's precision (the result has its dtype).
+    the normalisation of half-precision inputs run in float32 (the result has the input's dtype).
     """
 
     def __init__(self, local_width: int, degree: int, epsilon: float, group=None):
@@ -117,13 +117,14 @@ class ParallelLayerNorm(nn.Layer):
         self.bias = self.create_parameter([local_width], default_initializer=nn.initializer.Constant(0.0))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        x32 = x.astype("float32")
-        sums = paddle.stack([x32.sum(axis=-1), (x32 * x32).sum(axis=-1)])
+        compute = "float32" if x.dtype in (paddle.float16, paddle.bfloat16) else x.dtype
+        xc = x.astype(compute)
+        sums = paddle.stack([xc.sum(axis=-1), (xc * xc).sum(axis=-1)])
         sums = _AllReduceSum.apply(sums, self.group)
         mean = (sums[0] / self.full_width).unsqueeze(-1)
         variance = (sums[1] / self.full_width).unsqueeze(-1) - mean * mean
-        y = (x32 - mean) * paddle.rsqrt(variance + self.epsilon) * self.weight.astype("float32")
-        return (y + self.bias.astype("float32")).astype(x.dtype)
+        y = (xc - mean) * paddle.rsqrt(variance + self.epsilon) * self.weight.astype(compute)
+        return (y + self.bias.astype(compute)).astype(x.dtype)
 
 
 # Unsharded key pattern -> how tensor parallelism splits it.
