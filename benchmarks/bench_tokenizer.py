@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+
 SUBJECTS = ["dog", "cat", "red car", "wooden table", "mountain lake", "bride", "pizza", "skyscraper",
             "vintage poster", "bicycle", "golden retriever puppy", "leather wallet", "coffee mug", "sunset"]
 ADJECTIVES = ["beautiful", "old", "modern", "tiny", "huge", "blurry", "colorful", "black and white", "cozy"]
@@ -73,7 +75,6 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 from bench_tokenizer import time_tokenizer
 from open_clip.tokenizer import SimpleTokenizer
-from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
 texts = json.load(open(sys.argv[2]))
 stats, ids = time_tokenizer(SimpleTokenizer, texts)
 np.save(sys.argv[3], ids)

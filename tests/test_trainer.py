@@ -3,8 +3,6 @@ atomic checkpoints, and a preempted-then-resumed run that reproduces the uninter
 
 import json
 import logging
-import signal
-import time
 
 import numpy as np
 import paddle
@@ -12,9 +10,9 @@ import pytest
 
 from paddlemix.trainer.arguments import parse_arguments
 from paddlemix.trainer.run import build_model, check_platform
-from paddlemix.trainer.trainer import COMPLETE_MARKER, resolve_resume
+from paddlemix.trainer.checkpoints import COMPLETE_MARKER, resolve_resume
 
-from trainer_helpers import flags, launch, run_to_end, step_losses
+from trainer_helpers import flags, preempt, run_to_end, step_losses
 
 def test_preempted_and_resumed_run_reproduces_the_uninterrupted_losses(setup, tmp_path):
     # 30 quick steps: the SIGTERM sent after step 4 must land well before the run would end by itself
@@ -29,14 +27,7 @@ def test_preempted_and_resumed_run_reproduces_the_uninterrupted_losses(setup, tm
         assert key in first, f"results.jsonl lacks {key}"
 
     preempted = tmp_path / "preempted"
-    process = launch(flags(setup, preempted, *steps))
-    deadline = time.time() + 180
-    while len(step_losses(preempted)) < 4 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)  # as a scheduler preempting the job
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output[-4000:]
-    stopped_at = max(step_losses(preempted))
+    stopped_at = preempt(flags(setup, preempted, *steps), preempted, after_step=4)
     assert 4 <= stopped_at < 30, f"the SIGTERM should stop the run early (stopped at {stopped_at})"
     assert (preempted / f"checkpoint-{stopped_at}" / COMPLETE_MARKER).is_file()
 

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from paddlemix.data.synthetic import write_shapes_dataset
@@ -42,6 +44,19 @@ def run_to_end(args, timeout=240, script: Path = SCRIPT) -> str:
     output, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, output[-4000:]
     return output
+
+
+def preempt(args, output_dir: Path, after_step: int) -> int:
+    """Launch a run logging to `output_dir`, SIGTERM it (as a scheduler preempting the job) once it
+    has logged `after_step` steps, check it saved and exited 0; the step it stopped at."""
+    process = launch(args)
+    deadline = time.time() + 180
+    while len(step_losses(output_dir)) < after_step and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-4000:]
+    return max(step_losses(output_dir))
 
 
 def step_losses(output_dir: Path) -> dict:

@@ -24,7 +24,8 @@ from ..utils.log import logger, warn_once
 from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
 from .evaluation import TrainingEvaluation
 from .platform import check_platform
-from .trainer import CLIPTrainer, resolve_resume
+from .checkpoints import resolve_resume
+from .trainer import CLIPTrainer
 
 
 def build_model(model_args: ModelArguments, args: CLIPTrainingArguments):

@@ -23,7 +23,7 @@ from ..utils.distributed import get_world_size
 from ..utils.log import logger
 from .checkpoints import (
     CHECKPOINT_PREFIX, COMPLETE_MARKER, TRAINER_STATE, check_same_batch, checkpoint_step, complete_checkpoints,
-    remove_old_checkpoints, resolve_resume,
+    remove_old_checkpoints,
 )
 from .optimization import build_optimizer, cosine_schedule, group_learning_rates
 

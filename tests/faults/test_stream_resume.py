@@ -4,9 +4,7 @@ random crops included, as one loader reading N + M batches; with and without dat
 
 import io
 import json
-import signal
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from paddlemix.data.webdataset_shards import TarShardDataset
 from paddlemix.processors import image_transform
 
 from streaming_helpers import take_batches
-from trainer_helpers import flags, launch, run_to_end, step_losses
+from trainer_helpers import flags, preempt, run_to_end, step_losses
 
 BATCH, BEFORE, AFTER = 3, 5, 9  # with 2 files x 6 good samples the resumed part crosses epochs
 
@@ -133,14 +131,7 @@ def test_trainer_preempted_on_a_laion_stream_resumes_with_bit_identical_losses(s
     assert sorted(expected) == list(range(1, 31))
 
     preempted = tmp_path / "preempted"
-    process = launch(laion_training_flags(setup, preempted))
-    deadline = time.time() + 180
-    while len(step_losses(preempted)) < 5 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)  # as a scheduler preempting the job
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output[-4000:]
-    stopped_at = max(step_losses(preempted))
+    stopped_at = preempt(laion_training_flags(setup, preempted), preempted, after_step=5)
     assert 5 <= stopped_at < 30, f"the SIGTERM should stop the run mid-stream (stopped at {stopped_at})"
 
     run_to_end(laion_training_flags(setup, preempted, "--resume_from_checkpoint", "auto"))

@@ -24,7 +24,7 @@ import numpy as np
 import paddle
 import pytest
 
-from paddlemix.trainer.trainer import COMPLETE_MARKER, resolve_resume
+from paddlemix.trainer.checkpoints import COMPLETE_MARKER, resolve_resume
 
 from trainer_helpers import REPO_ROOT, SCRIPT, build_trainer, flags, launch, run_to_end, step_losses
 
