@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from ..processors.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from ..processors.image_transforms import INTERPOLATIONS, RESIZE_MODES
+from .towers import DEFAULT_TEXT_KIND, text_config_class
 
 CONFIG_NAME = "config.json"
 
@@ -84,8 +85,9 @@ class VisionConfig(FusedOpsOptions):
 
 @dataclass
 class TextConfig(FusedOpsOptions):
-    """Causal text transformer with argmax-EOT pooling (OpenAI CLIP)."""
+    """Causal text transformer with argmax-EOT pooling (OpenAI CLIP); `kind` "clip" in models.towers."""
 
+    kind: str = "clip"
     context_length: int = 77
     vocab_size: int = 49408
     width: int = 512
@@ -100,6 +102,10 @@ class TextConfig(FusedOpsOptions):
     # pool_type is then ignored); pad tokens (`pad_id`) are masked as keys, as in open_clip's CoCa
     embed_cls: bool = False
     pad_id: int = 0
+
+    def __post_init__(self):
+        if self.kind != "clip":
+            raise ValueError(f"text_cfg: kind {self.kind!r} is not this config's ('clip'); build it with CLIPConfig.from_dict")
 
 
 @dataclass
@@ -144,7 +150,7 @@ class CLIPConfig:
 
     embed_dim: int = 512
     vision_cfg: VisionConfig = field(default_factory=VisionConfig)
-    text_cfg: TextConfig = field(default_factory=TextConfig)
+    text_cfg: TextConfig = field(default_factory=TextConfig)  # or another kind's config (models.towers)
     preprocess_cfg: PreprocessConfig = field(default_factory=PreprocessConfig)
     quick_gelu: bool = False  # OpenAI's original weights were trained with QuickGELU
     init_logit_scale: float = math.log(1 / 0.07)
@@ -158,10 +164,12 @@ class CLIPConfig:
     @classmethod
     def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "CLIPConfig":
         values = dict(values)
-        towers = {
-            name: _from_dict(field_type, values.pop(name, {}), f"{where}: {name}")
-            for name, field_type in cls.tower_configs().items()
-        }
+        towers = {}
+        for name, field_type in cls.tower_configs().items():
+            tower_values = values.pop(name, {})
+            if field_type is TextConfig:  # the text tower's kind picks its dataclass (models.towers)
+                field_type = text_config_class(tower_values.get("kind", DEFAULT_TEXT_KIND), f"{where}: {name}")
+            towers[name] = _from_dict(field_type, tower_values, f"{where}: {name}")
         config = _from_dict(cls, values, where)
         for name, tower in towers.items():
             setattr(config, name, tower)

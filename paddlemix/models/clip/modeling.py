@@ -10,7 +10,8 @@ from ..configuration import CLIPConfig
 from ..layers.parallel import ensure_tensor_parallel_available
 from ..loss import ClipLoss
 from ..modeling_utils import PretrainedMixin
-from .towers import TextTransformer, VisionTransformer
+from ..towers import build_text_tower
+from .towers import VisionTransformer
 
 
 class CLIP(PretrainedMixin, nn.Layer):
@@ -29,7 +30,7 @@ class CLIP(PretrainedMixin, nn.Layer):
         self.config = config
         degree = config.tensor_parallel_degree
         self.visual = VisionTransformer(config.vision_cfg, config.embed_dim, config.quick_gelu, degree)
-        self.text = TextTransformer(config.text_cfg, config.embed_dim, config.quick_gelu, degree)
+        self.text = build_text_tower(config.text_cfg, config.embed_dim, config.quick_gelu, degree)
         # shape [1] as in PaddleMIX (open_clip's is 0-d): Paddle's sharding optimizer cannot partition 0-d tensors
         self.logit_scale = self.create_parameter(
             [1], default_initializer=nn.initializer.Constant(config.init_logit_scale)
@@ -42,8 +43,8 @@ class CLIP(PretrainedMixin, nn.Layer):
 
     def set_recompute(self, enable: bool = True) -> None:
         """Recompute block activations in backward (activation memory ~ one block per tower)."""
-        self.visual.transformer.recompute = enable
-        self.text.transformer.recompute = enable
+        self.visual.set_recompute(enable)
+        self.text.set_recompute(enable)
 
     def set_loss(self, loss_fn: ClipLoss) -> None:
         """Use `loss_fn` (e.g. ClipLoss(local_loss=True, gather_with_grad=True)) in forward."""

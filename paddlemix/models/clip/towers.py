@@ -116,6 +116,10 @@ class VisionTransformer(nn.Layer):
         else:
             self.proj_bias = None
 
+    def set_recompute(self, enable: bool = True) -> None:
+        """Recompute block activations in backward (activation memory ~ one block)."""
+        self.transformer.recompute = enable
+
     def forward(self, image: paddle.Tensor) -> paddle.Tensor:
         """image: [batch, 3, H, W] normalised float -> pooled features [batch, output_dim]."""
         return self.forward_with_tokens(image)[0]
@@ -197,6 +201,14 @@ class TextTransformer(nn.Layer):
             Normal(std=proj_std)(block.mlp.c_proj.weight)
         if isinstance(self.text_projection, nn.Linear):
             Normal(std=width**-0.5)(self.text_projection.weight)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.pad_id
+
+    def set_recompute(self, enable: bool = True) -> None:
+        """Recompute block activations in backward (activation memory ~ one block)."""
+        self.transformer.recompute = enable
 
     def key_padding_mask(self, input_ids: paddle.Tensor, dtype) -> paddle.Tensor:
         """[batch, 1, 1, length + 1] additive mask of the CLS-token layout: key j is masked (-inf) when

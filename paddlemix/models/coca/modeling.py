@@ -30,6 +30,9 @@ class CoCa(CLIP):
                 f"--tensor_parallel_degree {config.tensor_parallel_degree}: CoCa's decoder and attentional pooler "
                 "have no tensor-parallel layout; train CoCa with data parallelism and --sharding instead"
             )
+        if config.text_cfg.kind != "clip":
+            raise ValueError(f"CoCa's captioning decoder reads the token states of a 'clip' text tower; text_cfg.kind "
+                             f"{config.text_cfg.kind!r} has none")
         super().__init__(config)
         vision, decoder = config.vision_cfg, config.multimodal_cfg
         token_width = config.embed_dim if vision.attentional_pool else vision.width
