@@ -9,8 +9,9 @@ State = Dict[str, np.ndarray]
 
 # Buffers the models rebuild themselves; checkpoints may carry them.
 REBUILT_BUFFERS = re.compile(r"(?:visual\.|text\.|text_decoder\.)?attn_mask|visual\.(?:trunk\.)?rope\..*")
-# Keys of 2-D tensors that are not torch Linear weights (kept as they are).
-NOT_LINEAR = {"text.token_embedding.weight"}
+# Keys of 2-D tensors that are not torch Linear weights (kept as they are): the token embedding, and
+# the embeddings of a PaddleNLP text tower (word, position, token type).
+NOT_LINEAR = re.compile(r"text\.token_embedding\.weight|text\.transformer\.embeddings\.\w+_embeddings\.weight")
 
 
 def rename(key: str, rules: List[Tuple[str, str]]) -> str:
@@ -32,7 +33,7 @@ def strip_wrappers(state: State) -> State:
 def _transpose_linear_weights(state: State, logit_scale_shape: List[int]) -> State:
     out = {}
     for key, value in state.items():
-        if key.endswith(".weight") and value.ndim == 2 and key not in NOT_LINEAR:
+        if key.endswith(".weight") and value.ndim == 2 and not NOT_LINEAR.fullmatch(key):
             value = value.T
         if key == "logit_scale" and value.size == 1:
             value = value.reshape(logit_scale_shape)
