@@ -174,17 +174,24 @@ def test_recompute_gives_the_same_gradients():
     (dict(pooler_type="max"), r"pooler_type 'max'"),
     (dict(proj_type="attention"), r"proj_type 'attention'"),
     (dict(context_length=23), r"context_length 23 must be in 1\.\.22"),
-    (dict(encoder_config={"hidden_size": 32}), r"encoder_config lacks vocab_size, num_hidden_layers"),
     (dict(encoder_config=dict(encoder_config("roberta"), hidden_act="gelu_new")), r"hidden_act 'gelu_new'"),
     (dict(encoder_config=dict(encoder_config("roberta"), position_embedding_type="relative_key")),
      r"position_embedding_type 'relative_key'"),
     (dict(encoder="bert"), r"encoder_config\.model_type 'roberta' differs from encoder 'bert'"),
-], ids=["encoder", "pooler", "projection", "context_length", "missing_keys", "activation", "relative_positions",
+], ids=["encoder", "pooler", "projection", "context_length", "activation", "relative_positions",
         "model_type"])
 def test_config_refuses_what_the_tower_cannot_build(change, reason):
     settings = dict(encoder="roberta", encoder_config=encoder_config("roberta"), context_length=16)
     with pytest.raises(ValueError, match=reason):
         PaddleNLPTextConfig(**dict(settings, **change))
+
+
+@pytest.mark.parametrize("encoder, vocab_size, pad_token_id", [("roberta", 50265, 1), ("xlm-roberta", 30522, 1),
+                                                             ("bert", 30522, 0)])
+def test_keys_a_composite_config_json_leaves_out_take_transformers_defaults(encoder, vocab_size, pad_token_id):
+    cfg = PaddleNLPTextConfig(encoder=encoder, encoder_config={"hidden_size": 32, "num_attention_heads": 2})
+    assert (cfg.encoder_config["vocab_size"], cfg.encoder_config["pad_token_id"]) == (vocab_size, pad_token_id)
+    assert (cfg.encoder_config["layer_norm_eps"], cfg.encoder_config["type_vocab_size"]) == (1e-12, 2)
 
 
 def test_tower_refuses_tensor_parallelism_and_a_missing_projection():

@@ -44,6 +44,7 @@ from ..models.checkpoint_formats.paddlemix import config_from_paddlemix, is_padd
 from ..models.weights_file import read_pdparams
 from ..models.checkpoint_formats.export import FORMATS, export_files, write_files
 from ..models.checkpoint_formats.hf import read_hf_folder
+from ..models.checkpoint_formats.hf_dual_encoder import copy_tokenizer_files
 
 POSITIONAL_EMBEDDING = "visual.positional_embedding"
 
@@ -127,7 +128,7 @@ def convert(source: str, model: Optional[str], checkpoint: Path, output: Path) -
         raise ValueError(f"--source {source} needs --model (a registry name or a config JSON)")
     else:
         config, foreign = read_model_config(model), read_checkpoint(checkpoint)
-    state = convert_state(source, foreign)
+    state = convert_state(source, foreign, config.text_cfg)
     with paddle.LazyGuard():  # shapes only: check before allocating anything
         skeleton = AutoModel.from_config(config)
     expected = {key: tuple(int(d) for d in value.shape) for key, value in skeleton.state_dict().items()}
@@ -138,6 +139,7 @@ def convert(source: str, model: Optional[str], checkpoint: Path, output: Path) -
     for key, param in net.state_dict().items():
         param.set_value(paddle.to_tensor(state[key]).astype(param.dtype))
     net.save_pretrained(output)
+    copy_tokenizer_files(config, checkpoint if checkpoint.is_dir() else checkpoint.parent, output)
     logger.info("wrote %s: %s parameters from %s", output, f"{parameter_count(net):,}", checkpoint)
     return output
 
@@ -148,7 +150,8 @@ def export(fmt: str, model: str, output: Path) -> Path:
     net = AutoModel.from_pretrained(model)
     files = export_files(fmt, net.config, {key: value.numpy() for key, value in net.state_dict().items()})
     write_files(files, output)
-    logger.info("wrote %s (%s): %s", output, fmt, ", ".join(files))
+    copied = copy_tokenizer_files(net.config, Path(model), output) if Path(model).is_dir() else []
+    logger.info("wrote %s (%s): %s", output, fmt, ", ".join([*files, *copied]))
     return output
 
 

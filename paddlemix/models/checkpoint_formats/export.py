@@ -5,13 +5,20 @@ format cannot express is refused, with the reason, before a file is written. The
 the import mappings read backwards (`to_hf` in hf.py, `to_open_clip` in open_clip.py).
 
     hf         config.json + model.safetensors      CLIP                (transformers.CLIPModel.from_pretrained)
-    open_clip  open_clip_config.json (model_cfg,    CLIP, EVA, CoCa     (open_clip.create_model + load_checkpoint)
-               preprocess_cfg) + open_clip_model.safetensors
+                                                    CLIP, PaddleNLP     (VisionTextDualEncoderModel.from_pretrained)
+                                                    text tower
+    open_clip  open_clip_config.json (model_cfg,    CLIP, EVA, CoCa,    (open_clip.create_model + load_checkpoint)
+               preprocess_cfg) + open_clip_model.   CLIP with a PaddleNLP text tower (an HFTextEncoder)
+               safetensors
 
 open_clip builds EVA image towers as timm `Eva` trunks, by timm model name only: an EVA tower equal to
 one of timm's EVA-CLIP trunks gets that name; any other gets a new name and its exact `Eva` keyword
 arguments under `timm_model_kwargs` in open_clip_config.json, to register with timm before
-`open_clip.create_model` (tests/fixtures/check_exports.py shows how).
+`open_clip.create_model` (tests/fixtures/check_exports.py shows how). A PaddleNLP text tower becomes
+open_clip's HFTextEncoder, which reads its encoder's config.json from `text_cfg.hf_model_name`: the
+export writes that config.json beside open_clip_config.json, and names the encoder by its hub name
+where the config knows it (`_name_or_path`), else by the export folder itself ('.', which open_clip
+resolves from the working directory: replace it with the folder's path).
 """
 
 import json
@@ -26,7 +33,9 @@ import numpy as np
 from ..configuration import CLIPConfig, PreprocessConfig, VisionConfig
 from .common import State, paddle_to_torch_layout
 from .hf import PIL_RESAMPLE, hf_config_from_clip, inexpressible_settings, to_hf
+from .hf_dual_encoder import hf_dual_encoder_config, to_dual_encoder
 from .open_clip import to_open_clip
+from .paddlenlp_names import text_tower_to_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,8 @@ OPEN_CLIP_VISION_KEYS = ("image_size", "patch_size", "width", "layers", "head_wi
 OPEN_CLIP_TEXT_KEYS = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value",
                        "pool_type", "proj_bias", "embed_cls", "pad_id")
 OPEN_CLIP_DECODER_KEYS = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value")
+# paddlemix's pooler_type -> open_clip's hf_pooler_type (open_clip/hf_model.py; cls_pooler reads the pooler output)
+OPEN_CLIP_HF_POOLERS = {"mean": "mean_pooler", "pooler_output": "cls_pooler", "cls": "cls_last_hidden_state_pooler"}
 OPEN_CLIP_NORM_EPS = 1e-5  # open_clip's LayerNorm default; another goes in vision_cfg.norm_kwargs
 # The EVA options of a vision tower, mapped to timm Eva keyword arguments by _timm_eva_kwargs.
 EVA_VISION_KEYS = ("image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio", "ls_init_value",
@@ -119,11 +130,32 @@ def _preprocess_cfg(preprocess: PreprocessConfig, image_size) -> Dict[str, Any]:
             "fill_color": preprocess.fill_color}
 
 
+def _hf_text_cfg(text, problems: List[str]) -> Dict[str, Any]:
+    """open_clip's text_cfg of an HFTextEncoder for a PaddleNLP text tower; what it cannot hold goes to `problems`."""
+    if text.pooler_type not in OPEN_CLIP_HF_POOLERS:
+        problems.append(f"text_cfg.pooler_type={text.pooler_type!r}: open_clip's HF text poolers are "
+                        f"{', '.join(OPEN_CLIP_HF_POOLERS)} in paddlemix's names")
+    if text.proj_bias:
+        problems.append("text_cfg.proj_bias=true: open_clip's HF text projections have no bias")
+    name = text.encoder_config.get("_name_or_path") or "."
+    if name == ".":
+        logger.warning("text_cfg.hf_model_name '.': open_clip reads the text encoder's config.json from there, "
+                       "relative to the working directory; replace it with the export folder's path")
+    return {"hf_model_name": name, "hf_tokenizer_name": name, "hf_model_pretrained": False,
+            "hf_pooler_type": OPEN_CLIP_HF_POOLERS.get(text.pooler_type),
+            "hf_proj_type": None if text.proj_type == "none" else text.proj_type, "context_length": text.context_length}
+
+
 def open_clip_files(config: CLIPConfig, state: State) -> Files:
     """open_clip's hub layout of a paddlemix CLIP / EVA-CLIP / CoCa (state in Paddle layout)."""
     vision, text = config.vision_cfg, config.text_cfg
-    problems = inexpressible_settings("text_cfg", text, OPEN_CLIP_TEXT_KEYS)
-    is_eva, is_coca = config.model_type == "evaclip", config.model_type == "coca"
+    is_eva, is_coca, is_hf_text = config.model_type == "evaclip", config.model_type == "coca", text.kind == "paddlenlp"
+    problems: List[str] = []
+    if is_hf_text:
+        text_cfg = _hf_text_cfg(text, problems)
+    else:
+        problems += inexpressible_settings("text_cfg", text, OPEN_CLIP_TEXT_KEYS)
+        text_cfg = {key: getattr(text, key) for key in OPEN_CLIP_TEXT_KEYS}
     extra: Dict[str, Any] = {}
     if is_eva:
         kwargs = _timm_eva_kwargs(vision, problems)
@@ -145,27 +177,32 @@ def open_clip_files(config: CLIPConfig, state: State) -> Files:
         if not math.isclose(vision.norm_eps, OPEN_CLIP_NORM_EPS):
             vision_cfg["norm_kwargs"] = {"eps": vision.norm_eps}
     _refuse_if(problems, "open_clip", config)
-    text_cfg = {key: getattr(text, key) for key in OPEN_CLIP_TEXT_KEYS}
     model_cfg: Dict[str, Any] = {"embed_dim": config.embed_dim, "quick_gelu": config.quick_gelu,
                                  "init_logit_scale": config.init_logit_scale,
                                  "vision_cfg": vision_cfg, "text_cfg": text_cfg}
     if is_coca:
         vision_cfg["output_tokens"] = text_cfg["output_tokens"] = True
         model_cfg["multimodal_cfg"] = {key: getattr(config.multimodal_cfg, key) for key in OPEN_CLIP_DECODER_KEYS}
-    if is_eva or is_coca:
+    custom_text = is_eva or is_coca or is_hf_text
+    if custom_text:
         model_cfg["custom_text"] = True
-    torch_state = paddle_to_torch_layout(state)
+    torch_state = text_tower_to_transformers(paddle_to_torch_layout(state), text)
     eva_trunk = (not vision.rope, "norm" if vision.pool_type == "tok" else "fc_norm") if is_eva else None
     hub_config = {"model_cfg": model_cfg, "preprocess_cfg": _preprocess_cfg(config.preprocess_cfg, vision.image_size),
                   **extra}
-    return {OPEN_CLIP_CONFIG: hub_config,
-            OPEN_CLIP_WEIGHTS: to_open_clip(torch_state, text_at_top=not (is_eva or is_coca), eva_trunk=eva_trunk)}
+    files = {OPEN_CLIP_CONFIG: hub_config,
+             OPEN_CLIP_WEIGHTS: to_open_clip(torch_state, text_at_top=not custom_text, eva_trunk=eva_trunk)}
+    if is_hf_text:  # the HFTextEncoder's encoder config, for text_cfg.hf_model_name
+        files["config.json"] = {**text.encoder_config, "model_type": text.encoder}
+    return files
 
 
 def hf_files(config: CLIPConfig, state: State) -> Files:
-    """transformers' CLIPModel folder of a paddlemix CLIP (state in Paddle layout)."""
+    """transformers' CLIPModel folder of a paddlemix CLIP, or its VisionTextDualEncoderModel folder where
+    the text tower is a PaddleNLP one (state in Paddle layout)."""
+    dual_encoder = config.text_cfg.kind == "paddlenlp"
     try:
-        hf_config = hf_config_from_clip(config)
+        hf_config = hf_dual_encoder_config(config) if dual_encoder else hf_config_from_clip(config)
     except ValueError as err:
         raise ExportRefused(f"hf: {err}") from err
     preprocess = config.preprocess_cfg
@@ -178,8 +215,9 @@ def hf_files(config: CLIPConfig, state: State) -> Files:
                  "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
                  "image_mean": list(preprocess.mean), "image_std": list(preprocess.std),
                  "resample": PIL_RESAMPLE[preprocess.interpolation]}
+    torch_state = text_tower_to_transformers(paddle_to_torch_layout(state), config.text_cfg)
     return {"config.json": hf_config, "preprocessor_config.json": processor,
-            "model.safetensors": to_hf(paddle_to_torch_layout(state))}
+            "model.safetensors": to_dual_encoder(torch_state) if dual_encoder else to_hf(torch_state)}
 
 
 FORMATS = {"hf": hf_files, "open_clip": open_clip_files}

@@ -5,6 +5,8 @@ on export. transformers keeps q/k/v as three Linear layers (packed into paddlemi
 split back on export) and both projections as Linear layers (paddlemix's are [width, embed]
 matrices). The architecture is transformers' `CLIPConfig`: `clip_config_from_hf` reads it and
 `hf_config_from_clip` writes it, each refusing, with the reason, what the other side cannot express.
+A VisionTextDualEncoderModel folder (a CLIP vision tower with a BERT-family text model) is read by
+hf_dual_encoder, which builds on this module's vision tower mapping.
 """
 
 import dataclasses
@@ -48,6 +50,8 @@ PROJECTIONS = ("visual.proj", "text.text_projection")
 # Buffers transformers rebuilds (written by versions before 4.31).
 HF_BUFFERS = re.compile(r"(?:text|vision)_model\.embeddings\.position_ids")
 QKV = re.compile(r"(.*)\.self_attn\.([qkv])_proj\.(weight|bias)")
+DUAL_ENCODER_TYPE = "vision-text-dual-encoder"
+DUAL_ENCODER_TEXT_KEY = "text_model.embeddings.word_embeddings.weight"  # a BERT-family text model (CLIP's: token_embedding)
 
 # transformers 4.57.6's CLIPTextConfig / CLIPVisionConfig / CLIPConfig defaults: save_pretrained
 # may leave out a value equal to them.
@@ -88,8 +92,18 @@ def _pack_qkv(state: State) -> State:
 
 
 def rename_hf(state: State) -> State:
-    """transformers CLIPModel state dict -> paddlemix names (torch layout)."""
-    state = _pack_qkv({k: v for k, v in strip_wrappers(state).items() if not HF_BUFFERS.fullmatch(k)})
+    """transformers CLIPModel or VisionTextDualEncoderModel state dict -> paddlemix names (torch layout)."""
+    state = strip_wrappers(state)
+    if DUAL_ENCODER_TEXT_KEY in state:
+        from .hf_dual_encoder import rename_dual_encoder  # (hf_dual_encoder builds on this module)
+
+        return rename_dual_encoder(state)
+    return rename_clip(state)
+
+
+def rename_clip(state: State) -> State:
+    """transformers CLIPModel state dict (or its vision part) -> paddlemix names (torch layout)."""
+    state = _pack_qkv({k: v for k, v in state.items() if not HF_BUFFERS.fullmatch(k)})
     out = {}
     for key, value in state.items():
         new_key = rename(key, HF_RENAMES)
@@ -125,36 +139,45 @@ def _tower(values: Dict[str, Any], where: str, problems: List[str]) -> Tuple[int
     return width, heads, ratio
 
 
+def vision_cfg_from_hf(values: Dict[str, Any], where: str, problems: List[str]) -> Tuple[VisionConfig, str]:
+    """transformers' CLIPVisionConfig (dict) -> (paddlemix VisionConfig, its hidden_act); what paddlemix
+    cannot hold goes to `problems`."""
+    vision = {**HF_VISION_DEFAULTS, **values}
+    width, heads, ratio = _tower(vision, where, problems)
+    if vision["num_channels"] != 3:
+        problems.append(f"{where}.num_channels {vision['num_channels']}: paddlemix's image tower takes RGB (3)")
+    return VisionConfig(image_size=vision["image_size"], patch_size=vision["patch_size"], width=width,
+                        layers=vision["num_hidden_layers"], head_width=width // heads, mlp_ratio=ratio,
+                        norm_eps=vision["layer_norm_eps"]), vision["hidden_act"]
+
+
 def clip_config_from_hf(values: Dict[str, Any], where: str) -> CLIPConfig:
     """transformers' CLIPConfig (config.json as a dict) -> paddlemix CLIPConfig, or ValueError naming
     every setting paddlemix's CLIP cannot express."""
     if values.get("model_type", "clip") != "clip":
         raise ValueError(f"{where}: model_type {values.get('model_type')!r}; only a transformers CLIPModel "
-                         "(model_type 'clip') maps to a paddlemix CLIP")
+                         f"(model_type 'clip') or VisionTextDualEncoderModel ({DUAL_ENCODER_TYPE!r}) maps to a "
+                         "paddlemix CLIP")
     text = {**HF_TEXT_DEFAULTS, **(values.get("text_config") or values.get("text_config_dict") or {})}
-    vision = {**HF_VISION_DEFAULTS, **(values.get("vision_config") or values.get("vision_config_dict") or {})}
     top = {**HF_DEFAULTS, **values}
     problems: List[str] = []
     text_width, text_heads, text_ratio = _tower(text, "text_config", problems)
-    vision_width, vision_heads, vision_ratio = _tower(vision, "vision_config", problems)
-    if text["hidden_act"] != vision["hidden_act"]:
+    vision_cfg, vision_act = vision_cfg_from_hf(values.get("vision_config") or values.get("vision_config_dict") or {},
+                                                "vision_config", problems)
+    if text["hidden_act"] != vision_act:
         problems.append(f"text_config.hidden_act {text['hidden_act']!r} differs from vision_config.hidden_act "
-                        f"{vision['hidden_act']!r}: paddlemix's quick_gelu is one setting for both towers")
+                        f"{vision_act!r}: paddlemix's quick_gelu is one setting for both towers")
     if text["layer_norm_eps"] != TEXT_NORM_EPS:
         problems.append(f"text_config.layer_norm_eps {text['layer_norm_eps']}: paddlemix's text tower uses {TEXT_NORM_EPS}")
     if text["eos_token_id"] not in (HF_LEGACY_ARGMAX_EOS, text["vocab_size"] - 1):
         problems.append(f"text_config.eos_token_id {text['eos_token_id']}: transformers pools the first token of that "
                         f"id, paddlemix the largest id, which agree only for eos_token_id {HF_LEGACY_ARGMAX_EOS} "
                         f"(argmax) or vocab_size - 1 ({text['vocab_size'] - 1})")
-    if vision["num_channels"] != 3:
-        problems.append(f"vision_config.num_channels {vision['num_channels']}: paddlemix's image tower takes RGB (3)")
     if problems:
         raise ValueError(f"{where}: cannot be expressed as a paddlemix CLIP: " + "; ".join(problems))
     return CLIPConfig(
         embed_dim=top["projection_dim"],
-        vision_cfg=VisionConfig(image_size=vision["image_size"], patch_size=vision["patch_size"], width=vision_width,
-                                layers=vision["num_hidden_layers"], head_width=vision_width // vision_heads,
-                                mlp_ratio=vision_ratio, norm_eps=vision["layer_norm_eps"]),
+        vision_cfg=vision_cfg,
         text_cfg=TextConfig(context_length=text["max_position_embeddings"], vocab_size=text["vocab_size"],
                             width=text_width, heads=text_heads, layers=text["num_hidden_layers"], mlp_ratio=text_ratio),
         quick_gelu=ACTIVATIONS[text["hidden_act"]],
@@ -179,14 +202,11 @@ def inexpressible_settings(section: str, tower: object, allowed: set) -> List[st
     return found
 
 
-def hf_config_from_clip(config: CLIPConfig) -> Dict[str, Any]:
-    """paddlemix CLIPConfig -> transformers CLIPConfig dict; ValueError naming what CLIPModel cannot express."""
-    if config.model_type != "clip":
-        raise ValueError(f"a {config.model_type} model has no transformers CLIPModel form (CLIPModel is OpenAI's "
-                         "ViT + text transformer: no EVA block options, no CoCa pooler or decoder); "
-                         "export it with --to open_clip")
-    vision, text = config.vision_cfg, config.text_cfg
-    problems = inexpressible_settings("vision_cfg", vision, HF_VISION_FIELDS) + inexpressible_settings("text_cfg", text, HF_TEXT_FIELDS)
+def hf_vision_config(config: CLIPConfig, problems: List[str]) -> Dict[str, Any]:
+    """transformers' CLIPVisionConfig (dict) of a paddlemix CLIP's image tower; what it cannot express
+    goes to `problems`."""
+    vision = config.vision_cfg
+    problems += inexpressible_settings("vision_cfg", vision, HF_VISION_FIELDS)
     image_size = vision.image_size
     if not isinstance(image_size, int):
         if len(set(image_size)) != 1:
@@ -194,11 +214,32 @@ def hf_config_from_clip(config: CLIPConfig) -> Dict[str, Any]:
         image_size = image_size[0]
     if vision.width % vision.head_width:
         problems.append(f"vision_cfg.width {vision.width} is not a multiple of head_width {vision.head_width}")
+    return {
+        "hidden_size": vision.width, "intermediate_size": int(vision.width * vision.mlp_ratio),
+        "num_hidden_layers": vision.layers, "num_attention_heads": vision.heads, "projection_dim": config.embed_dim,
+        "num_channels": 3, "image_size": image_size, "patch_size": vision.patch_size,
+        "hidden_act": "quick_gelu" if config.quick_gelu else "gelu", "layer_norm_eps": vision.norm_eps,
+    }
+
+
+def warn_unclamped_logit_scale(config: CLIPConfig) -> None:
+    if not math.isclose(config.max_logit_scale, math.log(100)):
+        logger.warning("max_logit_scale=%s: transformers does not clamp logit_scale; not exported", config.max_logit_scale)
+
+
+def hf_config_from_clip(config: CLIPConfig) -> Dict[str, Any]:
+    """paddlemix CLIPConfig -> transformers CLIPConfig dict; ValueError naming what CLIPModel cannot express."""
+    if config.model_type != "clip":
+        raise ValueError(f"a {config.model_type} model has no transformers CLIPModel form (CLIPModel is OpenAI's "
+                         "ViT + text transformer: no EVA block options, no CoCa pooler or decoder); "
+                         "export it with --to open_clip")
+    text = config.text_cfg
+    problems: List[str] = []
+    vision_config = hf_vision_config(config, problems)
+    problems += inexpressible_settings("text_cfg", text, HF_TEXT_FIELDS)
     if problems:
         raise ValueError("transformers' CLIPModel cannot express " + ", ".join(problems))
-    act = "quick_gelu" if config.quick_gelu else "gelu"
-    if not math.isclose(config.max_logit_scale, math.log(100)):
-        logger.warning("max_logit_scale=%s: CLIPModel does not clamp logit_scale; not exported", config.max_logit_scale)
+    warn_unclamped_logit_scale(config)
     return {
         "architectures": ["CLIPModel"],
         "model_type": "clip",
@@ -207,27 +248,30 @@ def hf_config_from_clip(config: CLIPConfig) -> Dict[str, Any]:
         "text_config": {
             "vocab_size": text.vocab_size, "hidden_size": text.width, "intermediate_size": int(text.width * text.mlp_ratio),
             "num_hidden_layers": text.layers, "num_attention_heads": text.heads, "projection_dim": config.embed_dim,
-            "max_position_embeddings": text.context_length, "hidden_act": act, "layer_norm_eps": TEXT_NORM_EPS,
+            "max_position_embeddings": text.context_length, "hidden_act": vision_config["hidden_act"],
+            "layer_norm_eps": TEXT_NORM_EPS,
             # end of text is the largest id, so transformers' first-eos pooling is paddlemix's argmax
             "bos_token_id": text.vocab_size - 2, "eos_token_id": text.vocab_size - 1, "pad_token_id": text.pad_id,
         },
-        "vision_config": {
-            "hidden_size": vision.width, "intermediate_size": int(vision.width * vision.mlp_ratio),
-            "num_hidden_layers": vision.layers, "num_attention_heads": vision.heads, "projection_dim": config.embed_dim,
-            "num_channels": 3, "image_size": image_size, "patch_size": vision.patch_size, "hidden_act": act,
-            "layer_norm_eps": vision.norm_eps,
-        },
+        "vision_config": vision_config,
     }
 
 
 def read_hf_folder(directory: Path) -> Tuple[CLIPConfig, State]:
-    """A transformers `save_pretrained` folder of a CLIPModel -> (paddlemix config, its state dict as saved)."""
+    """A transformers `save_pretrained` folder of a CLIPModel or VisionTextDualEncoderModel ->
+    (paddlemix config, its state dict as saved)."""
     from safetensors.numpy import load_file
 
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"--checkpoint {directory}: no config.json; give a transformers save_pretrained folder")
-    config = clip_config_from_hf(json.loads(config_path.read_text()), where=str(config_path))
+    values = json.loads(config_path.read_text())
+    if values.get("model_type") == DUAL_ENCODER_TYPE:
+        from .hf_dual_encoder import dual_encoder_config_from_hf  # (hf_dual_encoder builds on this module)
+
+        config = dual_encoder_config_from_hf(values, where=str(config_path))
+    else:
+        config = clip_config_from_hf(values, where=str(config_path))
     config.name = directory.name
     preprocessor = directory / "preprocessor_config.json"
     if preprocessor.is_file():  # CLIPImageProcessor's normalisation and resampling
@@ -248,6 +292,6 @@ def read_hf_folder(directory: Path) -> Tuple[CLIPConfig, State]:
         raise ValueError(
             f"--checkpoint {directory}: no model.safetensors (found {', '.join(pickles)}); torch pickles are not "
             "read, as loading them can run code. Re-save the model as safetensors with transformers: "
-            "CLIPModel.from_pretrained(DIR).save_pretrained(NEW_DIR, safe_serialization=True)"
+            "AutoModel.from_pretrained(DIR).save_pretrained(NEW_DIR, safe_serialization=True)"
         )
     return config, state

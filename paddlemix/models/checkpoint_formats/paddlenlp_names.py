@@ -4,11 +4,15 @@ PaddleNLP builds BERT, RoBERTa and ERNIE from paddle.nn.TransformerEncoder, with
 XLM-RoBERTa keeps transformers' names. (PaddleNLP's own `_get_name_mappings` are not used: in
 paddlenlp 3.0.0b4 RobertaModel's maps the pooler to `roberta.pooler.*`, BertModel's and
 XLMRobertaModel's fail on a config without `architectures`, and ErnieModel has none.) Names are
-encoder-relative and in torch's layout; Linear weights are transposed by the shared step.
+in torch's layout; Linear weights are transposed by the shared step.
+
+Every source names a PaddleNLP text tower's encoder `text.transformer.<transformers' name>` (open_clip's
+HFTextEncoder layout); `text_tower_from_transformers` then gives PaddleNLP's names for the config's
+encoder, which the state dict alone cannot tell (RoBERTa and XLM-RoBERTa share transformers' names).
 """
 
 import re
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 from .common import State, invert_rules, rename
 
@@ -40,3 +44,26 @@ def paddlenlp_to_hf_text(state: State, encoder: str) -> State:
     """The inverse of hf_text_to_paddlenlp."""
     rules = [] if encoder in SAME_NAMES else PADDLENLP_TO_TRANSFORMERS
     return {rename(key, rules): value for key, value in state.items()}
+
+
+ENCODER_PREFIX = "text.transformer."
+
+
+def _map_text_tower(state: State, text_cfg: Any, mapping) -> State:
+    if getattr(text_cfg, "kind", None) != "paddlenlp":
+        return state
+    tower = {key[len(ENCODER_PREFIX):]: value for key, value in state.items() if key.startswith(ENCODER_PREFIX)}
+    out = {key: value for key, value in state.items() if not key.startswith(ENCODER_PREFIX)}
+    out.update({ENCODER_PREFIX + key: value for key, value in mapping(tower, text_cfg.encoder).items()})
+    return out
+
+
+def text_tower_from_transformers(state: State, text_cfg: Any) -> State:
+    """paddlemix state dict whose PaddleNLP text tower (text_cfg.kind 'paddlenlp') has transformers'
+    names -> PaddleNLP's; any other text tower is left as it is."""
+    return _map_text_tower(state, text_cfg, hf_text_to_paddlenlp)
+
+
+def text_tower_to_transformers(state: State, text_cfg: Any) -> State:
+    """The inverse of text_tower_from_transformers."""
+    return _map_text_tower(state, text_cfg, paddlenlp_to_hf_text)

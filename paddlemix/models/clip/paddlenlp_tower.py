@@ -29,22 +29,24 @@ class EncoderFamily(NamedTuple):
     layer_list: str  # attribute of `.encoder` holding the layers
     # fairseq positions (RoBERTa family): the i-th real token (from 1) sits at pad_token_id + i; padding at pad_token_id
     offset_positions: bool
+    hf_defaults: Dict[str, Any]  # transformers' config defaults where they differ from HF_DEFAULTS
 
 
+# transformers 4.57.6's BertConfig / RobertaConfig / XLMRobertaConfig / ErnieConfig defaults of the
+# architecture keys: a composite config.json (VisionTextDualEncoder's text_config) leaves out every
+# value equal to them, so a missing key means this value.
+HF_DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                   intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12,
+                   pad_token_id=0, hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                   initializer_range=0.02)
 ENCODERS: Dict[str, EncoderFamily] = {
-    "roberta": EncoderFamily("RobertaModel", "RobertaConfig", "layers", True),
-    "xlm-roberta": EncoderFamily("XLMRobertaModel", "XLMRobertaConfig", "layer", True),
-    "bert": EncoderFamily("BertModel", "BertConfig", "layers", False),
-    "ernie": EncoderFamily("ErnieModel", "ErnieConfig", "layers", False),
+    "roberta": EncoderFamily("RobertaModel", "RobertaConfig", "layers", True, dict(vocab_size=50265, pad_token_id=1)),
+    "xlm-roberta": EncoderFamily("XLMRobertaModel", "XLMRobertaConfig", "layer", True, dict(pad_token_id=1)),
+    "bert": EncoderFamily("BertModel", "BertConfig", "layers", False, {}),
+    "ernie": EncoderFamily("ErnieModel", "ErnieConfig", "layers", False, dict(use_task_id=False, task_type_vocab_size=3)),
 }
 POOLERS = ("cls", "mean", "pooler_output", "eos")
 PROJECTIONS = ("linear", "mlp", "none")
-# HF config keys that define the architecture; transformers' save_pretrained always writes them.
-REQUIRED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                 "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id", "hidden_act")
-# Further HF keys PaddleNLP's config classes take under the same name; their defaults agree in both libraries.
-OPTIONAL_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range")
-ERNIE_KEYS = ("use_task_id", "task_type_vocab_size")
 # hidden_act values that mean the same function in transformers and Paddle (exact erf GELU, ReLU)
 ACTIVATIONS = ("gelu", "relu")
 # Learned additive embeddings, exempt from weight decay as the CLIP towers' positional embedding is
@@ -62,12 +64,9 @@ def _problems(cfg: "PaddleNLPTextConfig") -> List[str]:
         problems.append(f"pooler_type {cfg.pooler_type!r} is not one of {', '.join(POOLERS)}")
     if cfg.proj_type not in PROJECTIONS:
         problems.append(f"proj_type {cfg.proj_type!r} is not one of {', '.join(PROJECTIONS)}")
-    encoder = cfg.encoder_config
-    missing = [key for key in REQUIRED_KEYS if key not in encoder]
-    if missing:
-        problems.append(f"encoder_config lacks {', '.join(missing)}; give the encoder's config.json as transformers "
-                        "writes it")
+    if problems:
         return problems
+    encoder = cfg.encoder_config
     if encoder.get("model_type", cfg.encoder) != cfg.encoder:
         problems.append(f"encoder_config.model_type {encoder['model_type']!r} differs from encoder {cfg.encoder!r}")
     if encoder["hidden_act"] not in ACTIVATIONS:
@@ -80,17 +79,18 @@ def _problems(cfg: "PaddleNLPTextConfig") -> List[str]:
     if encoder["hidden_size"] % encoder["num_attention_heads"]:
         problems.append(f"encoder_config.hidden_size {encoder['hidden_size']} is not a multiple of "
                         f"num_attention_heads {encoder['num_attention_heads']}")
-    offset = encoder["pad_token_id"] + 1 if cfg.encoder in ENCODERS and ENCODERS[cfg.encoder].offset_positions else 0
-    if not 0 < cfg.context_length <= encoder["max_position_embeddings"] - offset:
-        problems.append(f"context_length {cfg.context_length} must be in 1..{encoder['max_position_embeddings'] - offset}"
-                        f" (max_position_embeddings {encoder['max_position_embeddings']}"
-                        + (f" less the {offset} positions RoBERTa reserves up to pad_token_id)" if offset else ")"))
+    if not 0 < cfg.context_length <= cfg.max_context_length:
+        reserved = encoder["max_position_embeddings"] - cfg.max_context_length
+        problems.append(f"context_length {cfg.context_length} must be in 1..{cfg.max_context_length} "
+                        f"(max_position_embeddings {encoder['max_position_embeddings']}"
+                        + (f" less the {reserved} positions RoBERTa reserves up to pad_token_id)" if reserved else ")"))
     return problems
 
 
 @dataclass
 class PaddleNLPTextConfig:
-    """A paddlenlp.transformers encoder as the text tower; `encoder_config` is its HF config.json (dict)."""
+    """A paddlenlp.transformers encoder as the text tower; `encoder_config` is its HF config.json (dict),
+    completed with transformers' defaults for the architecture keys it leaves out."""
 
     kind: str = "paddlenlp"
     encoder: str = "roberta"  # the HF model_type: roberta, xlm-roberta, bert or ernie
@@ -103,7 +103,16 @@ class PaddleNLPTextConfig:
     context_length: int = 77
     tokenizer: str = "hf"  # the tokenizer files are read from the model folder
 
+    @property
+    def max_context_length(self) -> int:
+        """The most tokens the encoder's position embeddings place (RoBERTa's start after pad_token_id)."""
+        reserved = self.encoder_config["pad_token_id"] + 1 if ENCODERS[self.encoder].offset_positions else 0
+        return self.encoder_config["max_position_embeddings"] - reserved
+
     def __post_init__(self):
+        if self.encoder in ENCODERS:
+            family = ENCODERS[self.encoder]
+            self.encoder_config = {**HF_DEFAULTS, **family.hf_defaults, **self.encoder_config}
         problems = _problems(self)
         if problems:
             raise ValueError("text_cfg (kind 'paddlenlp'): " + "; ".join(problems))
@@ -113,8 +122,7 @@ def paddlenlp_config(encoder: str, encoder_config: Dict[str, Any]):
     """The PaddleNLP config object of an HF encoder config, every architecture value given explicitly:
     PaddleNLP's defaults differ from transformers' (RobertaConfig: pad_token_id 0 vs 1, type_vocab_size
     16 vs 1 in roberta-base, layer_norm_eps 1e-12 vs 1e-5)."""
-    keys = REQUIRED_KEYS + OPTIONAL_KEYS + (ERNIE_KEYS if encoder == "ernie" else ())
-    values = {key: encoder_config[key] for key in keys if key in encoder_config}
+    values = {key: encoder_config[key] for key in {**HF_DEFAULTS, **ENCODERS[encoder].hf_defaults}}
     config_class = getattr(importlib.import_module("paddlenlp.transformers"), ENCODERS[encoder].config)
     return config_class(**values)
 
