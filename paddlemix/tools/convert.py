@@ -14,8 +14,10 @@ be filled and every shape must match: otherwise nothing is written and the offen
 listed. The one tensor adapted is the image position embedding, resampled when the checkpoint was
 trained at another resolution (as EVA-CLIP does for its 336-pixel models).
 
-`--source hf --checkpoint DIR` reads a transformers `save_pretrained` folder of a CLIPModel
-(config.json + model.safetensors): the architecture comes from its config.json, so no `--model`.
+`--source hf --checkpoint DIR` reads a transformers `save_pretrained` folder of a CLIPModel or a
+VisionTextDualEncoderModel (config.json + model.safetensors): the architecture comes from its
+config.json, so no `--model`. A model with a PaddleNLP text tower reads its tokenizer from its folder:
+the tokenizer files next to the checkpoint are copied along, on import and on export.
 
     python -m paddlemix.tools.convert --to hf|open_clip --model DIR_OR_NAME --output OUT
 

@@ -121,7 +121,7 @@ class PaddleNLPTextConfig:
 def paddlenlp_config(encoder: str, encoder_config: Dict[str, Any]):
     """The PaddleNLP config object of an HF encoder config, every architecture value given explicitly:
     PaddleNLP's defaults differ from transformers' (RobertaConfig: pad_token_id 0 vs 1, type_vocab_size
-    16 vs 1 in roberta-base, layer_norm_eps 1e-12 vs 1e-5)."""
+    16 vs 2, vocab_size 21128 vs 50265)."""
     values = {key: encoder_config[key] for key in {**HF_DEFAULTS, **ENCODERS[encoder].hf_defaults}}
     config_class = getattr(importlib.import_module("paddlenlp.transformers"), ENCODERS[encoder].config)
     return config_class(**values)
