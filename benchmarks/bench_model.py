@@ -24,6 +24,7 @@ import numpy as np
 import paddle
 
 from paddlemix import AutoConfig, AutoModel
+from paddlemix.models.loss_registry import build_loss
 from paddlemix.models.registry import open_clip_name
 from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
 
@@ -60,8 +61,10 @@ def bench_paddlemix(args) -> dict:
         optimizer = paddle.optimizer.AdamW(5e-4, beta1=0.9, beta2=0.98, epsilon=1e-6, weight_decay=0.2,
                                            parameters=model.parameters())
 
+        loss_fn = build_loss(model.config)
+
         def train_step():
-            loss = model(image=images, input_ids=ids)["loss"]
+            loss = paddle.add_n(list(loss_fn.loss_parts(model(image=images, input_ids=ids)).values()))
             loss.backward()
             optimizer.step()
             optimizer.clear_grad()

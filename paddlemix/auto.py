@@ -53,9 +53,11 @@ class AutoConfig:
                 path = path / CONFIG_NAME
                 if not path.is_file():
                     raise FileNotFoundError(f"{path.parent} is a directory without {CONFIG_NAME}")
-            return _load_config(path)
+            config = _load_config(path)
+            config.name_or_path = str(path.parent)
+            return config
         config = _load_config(config_file(str(name_or_dir)))
-        config.name = str(name_or_dir)
+        config.name = config.name_or_path = str(name_or_dir)
         return config
 
 

@@ -93,7 +93,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     paths = image_paths(args.images)
     model = load_model(args.model, args.backend, args.precision)
     processor = CLIPProcessor.from_config(model.config)
-    classifier = build_zero_shot_classifier(model, args.labels, args.templates)  # [embed_dim, labels]
+    classifier = build_zero_shot_classifier(model, processor.tokenizer, args.labels, args.templates)  # [embed_dim, labels]
     k = min(args.top_k, len(args.labels))
     classified = skipped = 0
     with evaluation_mode(model):
@@ -162,7 +162,7 @@ def run_caption(args: argparse.Namespace) -> int:
             if not images:
                 continue
             tokens = model.generate(processor(images=images)["image"], **options)
-            for path, caption in zip(batch_paths, decode_captions(tokens)):
+            for path, caption in zip(batch_paths, decode_captions(tokens, processor.tokenizer)):
                 line = json.dumps({"image": str(path), "caption": caption}, ensure_ascii=False)
                 print(line)
                 handle.write(line + "\n")

@@ -132,6 +132,7 @@ class InferenceModel(paddle.nn.Layer):
         self.encoders = InferenceEncoders(export_dir, precision, threads)
         values = self.encoders.description["model_config"]
         self.config = MODEL_TYPES[values["model_type"]][0].from_dict(values, where=str(self.export_dir))
+        self.config.name_or_path = str(self.export_dir)  # its tokenizer files, if any, were exported beside it
         size = self.config.vision_cfg.image_size
         self.visual = types.SimpleNamespace(image_size=tuple(size) if isinstance(size, (list, tuple)) else (size, size))
 

@@ -12,6 +12,7 @@ from paddlemix.cli import main
 from paddlemix.evaluation.plots import CELL
 from paddlemix.models import CLIPConfig, TextConfig, VisionConfig
 from paddlemix.processors import CLIPProcessor
+from paddlemix.processors import get_tokenizer
 
 LABELS = ["cat", "dog", "red car", "tree"]
 TEMPLATES = ["a photo of a {}.", "a drawing of the {}."]
@@ -200,7 +201,8 @@ def test_caption_writes_one_json_line_per_readable_image_as_generate_decodes(coc
     assert [record["image"] for record in records] == [str(path) for path in paths]
     model = AutoModel.from_pretrained(coca_dir)
     images = CLIPProcessor.from_config(model.config)(images=[Image.open(path) for path in paths])["image"]
-    expected = decode_captions(model.generate(images, seq_len=8, min_seq_len=2, num_beams=4, num_beam_groups=2))
+    expected = decode_captions(model.generate(images, seq_len=8, min_seq_len=2, num_beams=4, num_beam_groups=2),
+                               get_tokenizer(model))
     assert [record["caption"] for record in records] == expected
     assert "3 images captioned, 1 unreadable skipped" in capsys.readouterr().out
     assert not output.with_name("captions.jsonl.partial").exists()

@@ -10,7 +10,7 @@ import pytest
 from paddlemix.models.coca import CoCaLoss
 from paddlemix.models.loss import ClipLoss
 from paddlemix.trainer.arguments import parse_arguments
-from paddlemix.trainer.run import build_model
+from paddlemix.trainer.run import build_model, loss_of
 
 from trainer_helpers import REPO_ROOT, flags, run_to_end, step_losses
 
@@ -55,13 +55,13 @@ def test_gradient_accumulation_trains_like_the_larger_batch(coca_setup, tmp_path
 def test_coca_loss_flags_set_the_weights(coca_setup, tmp_path):
     model_args, _, args = parse_arguments(coca_flags(coca_setup, tmp_path, "--coca_caption_loss_weight", "0.5"))
     model = build_model(model_args, args)
-    assert isinstance(model.loss_fn, CoCaLoss)
-    assert (model.loss_fn.caption_weight, model.loss_fn.contrastive_weight) == (0.5, 1.0)
+    loss_fn = loss_of(model, model_args, args)
+    assert isinstance(loss_fn, CoCaLoss)
+    assert (loss_fn.caption_weight, loss_fn.contrastive_weight) == (0.5, 1.0)
     images = paddle.randn([2, 3, 32, 32])
     input_ids = paddle.to_tensor([[49406, 320, 1929, 49407, 0], [49406, 320, 49407, 0, 0]], dtype="int64")
     out = model(image=images, input_ids=input_ids)
-    np.testing.assert_allclose(float(out["loss"]), float(out["contrastive_loss"]) + float(out["caption_loss"]),
-                               rtol=1e-6)
+    out.update(loss_fn.loss_parts(out))
     unweighted = CoCaLoss(caption_weight=1.0)(out["image_features"], out["text_features"], out["logit_scale"],
                                              out["logits"], out["labels"])["caption_loss"]
     np.testing.assert_allclose(float(out["caption_loss"]), 0.5 * float(unweighted), rtol=1e-6)
@@ -69,7 +69,7 @@ def test_coca_loss_flags_set_the_weights(coca_setup, tmp_path):
 
 def test_coca_loss_flags_on_a_clip_model_are_refused(setup, tmp_path):
     model_args, _, args = parse_arguments(flags(setup, tmp_path, "--coca_contrastive_loss_weight", "1.0"))
-    with pytest.raises(ValueError, match="--coca_contrastive_loss_weight: only CoCa models"):
-        build_model(model_args, args)
+    with pytest.raises(ValueError, match="--coca_contrastive_loss_weight: not an option of the 'clip' loss"):
+        loss_of(build_model(model_args, args), model_args, args)
     model_args, _, args = parse_arguments(flags(setup, tmp_path))
-    assert isinstance(build_model(model_args, args).loss_fn, ClipLoss)
+    assert isinstance(loss_of(build_model(model_args, args), model_args, args), ClipLoss)

@@ -18,7 +18,7 @@ from paddlemix.data.csv_dataset import CsvDataset
 from paddlemix.data.loader import ImageTextLoader, ResumableDistributedBatchSampler
 from paddlemix.data.samples import REASONS, AllSamplesBadError, BadSample
 from paddlemix.data.synthetic import classes, write_shapes_dataset
-from paddlemix.processors import image_transform, tokenize
+from paddlemix.processors import SimpleTokenizer, image_transform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRANSFORM = image_transform(32, is_train=False)
@@ -86,7 +86,7 @@ def broken_coco(tmp_path: Path) -> Path:
 
 def test_every_bad_file_sample_is_skipped_counted_and_good_ones_all_arrive(tmp_path, caplog):
     dataset = CocoKarpathyDataset(broken_coco(tmp_path), tmp_path / "images", TRANSFORM)
-    loader = ImageTextLoader(dataset, batch_size=4, context_length=8, shuffle=False, log_every=1)
+    loader = ImageTextLoader(dataset, batch_size=4, tokenizer=SimpleTokenizer(context_length=8), shuffle=False, log_every=1)
     with caplog.at_level(logging.WARNING, logger="paddlemix"):
         batches = list(loader)
     assert sum(int(b["image"].shape[0]) for b in batches) == 4
@@ -98,7 +98,7 @@ def test_every_bad_file_sample_is_skipped_counted_and_good_ones_all_arrive(tmp_p
 def test_a_dataset_whose_every_sample_is_bad_stops_with_a_clear_error(tmp_path):
     annotation = tmp_path / "bad.json"
     annotation.write_text(json.dumps([{"image": f"missing{i}.jpg", "caption": "x"} for i in range(3)]))
-    loader = ImageTextLoader(CocoKarpathyDataset(annotation, tmp_path, TRANSFORM), batch_size=2, shuffle=False)
+    loader = ImageTextLoader(CocoKarpathyDataset(annotation, tmp_path, TRANSFORM), batch_size=2, tokenizer=SimpleTokenizer(), shuffle=False)
     with pytest.raises(AllSamplesBadError, match="every sample of the epoch was bad.*3 missing_file"):
         list(loader)
 
@@ -145,17 +145,17 @@ def batch_ids(loader, count=None):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_mid_epoch_resume_continues_with_exactly_the_unseen_batches(shapes, num_workers):
     dataset = coco_karpathy("train", TRANSFORM, data_dir=str(shapes))
-    uninterrupted = ImageTextLoader(dataset, batch_size=8, context_length=16, seed=5, num_workers=num_workers)
+    uninterrupted = ImageTextLoader(dataset, batch_size=8, tokenizer=SimpleTokenizer(context_length=16), seed=5, num_workers=num_workers)
     uninterrupted.set_epoch(2)
     full_epoch = batch_ids(uninterrupted)
 
-    first = ImageTextLoader(dataset, batch_size=8, context_length=16, seed=5, num_workers=num_workers)
+    first = ImageTextLoader(dataset, batch_size=8, tokenizer=SimpleTokenizer(context_length=16), seed=5, num_workers=num_workers)
     first.set_epoch(2)
     seen = batch_ids(first, count=5)
     state = first.state_dict()
     assert state == {"epoch": 2, "consumed_batches": 5}
 
-    resumed = ImageTextLoader(dataset, batch_size=8, context_length=16, seed=5, num_workers=num_workers)
+    resumed = ImageTextLoader(dataset, batch_size=8, tokenizer=SimpleTokenizer(context_length=16), seed=5, num_workers=num_workers)
     resumed.load_state_dict(json.loads(json.dumps(state)))  # as stored in a checkpoint
     rest = batch_ids(resumed)
     assert len(seen) + len(rest) == len(full_epoch)
@@ -179,7 +179,7 @@ def test_two_processes_read_disjoint_slices_that_cover_the_epoch(tmp_path):
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{logs}"
     read = [{tuple(ids) for ids in json.loads((tmp_path / f"rank{r}.json").read_text())} for r in range(2)]
     assert len(read[0]) == len(read[1]) == 15 and not read[0] & read[1]
-    expected = {tuple(ids) for ids in tokenize([r["caption"] for r in records], context_length=16).tolist()}
+    expected = {tuple(ids) for ids in SimpleTokenizer(context_length=16)([r["caption"] for r in records]).tolist()}
     assert read[0] | read[1] == expected
 
 

@@ -13,6 +13,7 @@ from paddlemix.models import CLIPConfig, parameter_count
 from paddlemix.models.clip import towers
 from paddlemix.models.layers import scaled_dot_product_attention
 from paddlemix.models.registry import OPEN_CLIP_EQUIVALENTS
+from paddlemix.models.loss_registry import build_loss, training_loss
 
 EVA_NAMES = sorted(name for name in OPEN_CLIP_EQUIVALENTS if name.startswith("paddlemix/EVA/"))
 
@@ -86,7 +87,7 @@ def test_patch_dropout_keeps_each_samples_own_rotary_positions(monkeypatch):
     monkeypatch.setattr(towers, "drop_patches", lambda x, rate: kept.append(real_drop_patches(x, rate)) or kept[-1])
     hook = visual.transformer.register_forward_post_hook(lambda layer, inputs, output: outputs.append(output))
     image, ids = tiny_batch()
-    loss = model(image=image, input_ids=ids)["loss"]
+    loss = training_loss(build_loss(model.config), model(image=image, input_ids=ids))
     hook.remove()
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())

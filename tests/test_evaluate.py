@@ -16,7 +16,7 @@ from paddlemix import AutoConfig, AutoModel
 from paddlemix.data.synthetic import COLOURS
 from paddlemix.evaluation import retrieval_metrics
 from paddlemix.evaluation.evaluate import run_zero_shot_eval
-from paddlemix.processors import image_transform, tokenize
+from paddlemix.processors import SimpleTokenizer, image_transform
 
 from trainer_helpers import REPO_ROOT
 
@@ -67,7 +67,7 @@ def test_classification_and_retrieval_equal_a_direct_computation(evaluation_setu
         names = [f"{c} shape" for c in sorted(COLOURS)]
         classifier = []
         for name in names:
-            ids = paddle.to_tensor(tokenize([f"a {name}", f"a picture of a {name}"], context_length=16))
+            ids = paddle.to_tensor(SimpleTokenizer(context_length=16)([f"a {name}", f"a picture of a {name}"]))
             mean = model.encode_text(ids, normalize=True).numpy().mean(0)
             classifier.append(mean / np.linalg.norm(mean))
     top1 = 100 * np.mean((image_features @ np.stack(classifier).T).argmax(1) == targets)
@@ -82,7 +82,7 @@ def test_classification_and_retrieval_equal_a_direct_computation(evaluation_setu
     owner = np.repeat(np.arange(len(records)), [len(r["caption"]) for r in records])
     with paddle.no_grad():
         expected = retrieval_metrics(model.encode_image(all_images, normalize=True).numpy(),
-                                     model.encode_text(paddle.to_tensor(tokenize(captions, 16)), normalize=True).numpy(),
+                                     model.encode_text(paddle.to_tensor(SimpleTokenizer(context_length=16)(captions)), normalize=True).numpy(),
                                      owner)
     for key, value in expected.items():
         assert results["retrieval"][key] == pytest.approx(value, abs=1e-6), key

@@ -20,6 +20,7 @@ from paddlemix import AutoConfig, AutoModel
 from paddlemix.external_ops import cpu_threads, fused_ops
 from paddlemix.models.layers.mlp import Mlp
 from paddlemix.models.layers.norm import FusedLayerNorm, LayerNorm, layer_norm
+from paddlemix.models.loss_registry import build_loss, training_loss
 
 SHAPES = [(1, 1), (7, 3), (5, 33), (3, 1, 17), (4, 197, 768), (2, 1025, 1408)]
 GELU_SHAPES = [(1, 1), (3, 5), (2, 7, 33), (4, 197, 3072)]
@@ -218,7 +219,7 @@ def test_a_model_with_fused_ops_computes_what_the_plain_one_does(ops, name, quic
     losses, grads = [], []
     for model in (plain, fused):
         model.eval()  # no drop path: the two models would draw different paths
-        loss = model(image=image, input_ids=ids, return_loss=True)["loss"]
+        loss = training_loss(build_loss(model.config), model(image=image, input_ids=ids))
         loss.backward()
         losses.append(float(loss))
         grads.append({name: p.grad.numpy() for name, p in model.named_parameters() if p.grad is not None})

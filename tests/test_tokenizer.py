@@ -10,9 +10,20 @@ import ftfy
 import numpy as np
 import pytest
 
-from paddlemix.processors import SimpleTokenizer, decode, tokenize
+from paddlemix import AutoConfig
+from paddlemix.processors import SimpleTokenizer, get_tokenizer
 from paddlemix.processors.constants import DEFAULT_CONTEXT_LENGTH, EOT_TOKEN_ID, SOT_TOKEN_ID, VOCAB_SIZE
-from paddlemix.processors.tokenizer import clean_text, get_default_tokenizer
+from paddlemix.processors.tokenizer import clean_text
+
+TOKENIZER = SimpleTokenizer()
+
+
+def tokenize(texts, context_length=DEFAULT_CONTEXT_LENGTH):
+    return TOKENIZER(texts, context_length=context_length)
+
+
+def decode(ids):
+    return TOKENIZER.decode(ids)
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "tokenizer_cases.json").read_text())
 
@@ -49,14 +60,14 @@ def test_rows_start_with_sot_end_with_eot_then_zero_padding():
     row = tokenize("a photo of a cat")[0]
     eot = int(np.argmax(row == EOT_TOKEN_ID))
     assert row[0] == SOT_TOKEN_ID
-    assert eot == 1 + len(get_default_tokenizer().encode("a photo of a cat"))
+    assert eot == 1 + len(TOKENIZER.encode("a photo of a cat"))
     assert not row[eot + 1 :].any()
 
 
 @pytest.mark.parametrize("context_length", [2, 5, 16, 77])
 def test_truncation_keeps_the_first_tokens_and_eot_last(context_length):
     text = "word " * 100
-    full = [SOT_TOKEN_ID, *get_default_tokenizer().encode(text)]
+    full = [SOT_TOKEN_ID, *TOKENIZER.encode(text)]
     row = tokenize(text, context_length=context_length)[0]
     assert row.tolist() == full[: context_length - 1] + [EOT_TOKEN_ID]
 
@@ -67,7 +78,7 @@ def test_context_length_shorter_than_the_two_specials_is_rejected():
 
 
 def test_special_token_ids_are_those_of_clip():
-    tokenizer = get_default_tokenizer()
+    tokenizer = TOKENIZER
     assert (tokenizer.sot_token_id, tokenizer.eot_token_id) == (SOT_TOKEN_ID, EOT_TOKEN_ID) == (49406, 49407)
     assert tokenizer.vocab_size == VOCAB_SIZE
     assert tokenizer.decoder[SOT_TOKEN_ID] == "<start_of_text>"
@@ -83,18 +94,30 @@ def test_decoded_text_tokenizes_back_to_the_same_ids(text):
 
 
 def test_decode_keeps_token_zero_before_eot_and_drops_padding():
-    tokenizer = get_default_tokenizer()
+    tokenizer = TOKENIZER
     assert tokenizer.decoder[0] == "!"
     assert decode([SOT_TOKEN_ID, 0, 320, EOT_TOKEN_ID, 0, 0]) == "!a "
 
 
-def test_default_tokenizer_is_built_once_per_process():
-    assert get_default_tokenizer() is get_default_tokenizer()
+def test_tokenizers_share_the_vocabulary_read_once_per_process():
+    assert SimpleTokenizer().encoder is TOKENIZER.encoder
 
 
-def test_a_new_tokenizer_gives_the_same_ids_as_the_default_one():
+def test_a_new_tokenizer_gives_the_same_ids_as_another():
     texts = [case["text"] for case in CASES]
     assert (SimpleTokenizer()(texts) == tokenize(texts)).all()
+
+
+def test_every_consumer_gets_the_tokenizer_the_model_config_names(tmp_path):
+    config = AutoConfig.from_pretrained("paddlemix/CLIP/ViT-B-32")
+    tokenizer = get_tokenizer(config, context_length=16)
+    assert isinstance(tokenizer, SimpleTokenizer) and tokenizer.context_length == 16
+    assert get_tokenizer("paddlemix/CLIP/ViT-B-32").context_length == config.text_cfg.context_length
+    config.text_cfg.tokenizer = "no-such-tokenizer"
+    with pytest.raises(ValueError, match="text_cfg.tokenizer 'no-such-tokenizer' is not a known tokenizer"):
+        get_tokenizer(config)
+    with pytest.raises(ValueError, match="exceeds the model's 77"):
+        get_tokenizer("paddlemix/CLIP/ViT-B-32", context_length=78)
 
 
 def test_ascii_text_skipping_ftfy_is_cleaned_as_ftfy_would():

@@ -11,6 +11,7 @@ import pytest
 from paddlemix.trainer.arguments import parse_arguments
 from paddlemix.trainer.run import build_model, check_platform
 from paddlemix.trainer.checkpoints import COMPLETE_MARKER, resolve_resume
+from paddlemix.models.loss_registry import build_loss, training_loss
 
 from trainer_helpers import flags, preempt, run_to_end, step_losses
 
@@ -123,7 +124,7 @@ def test_nonfinite_losses_skip_their_update_refuse_the_save_and_too_many_in_a_ro
 
     def nan_loss(self, model, inputs, return_outputs=False):
         outputs = model(image=inputs["image"], input_ids=inputs["input_ids"])
-        loss = outputs["loss"] * float("nan")
+        loss = training_loss(self.loss_fn, outputs) * float("nan")
         return (loss, outputs) if return_outputs else loss
 
     monkeypatch.setattr(trainer_module.CLIPTrainer, "compute_loss", nan_loss)

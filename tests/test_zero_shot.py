@@ -14,7 +14,7 @@ from paddlemix.evaluation import (
     zero_shot_classification,
 )
 from paddlemix.models import CLIPConfig, TextConfig, VisionConfig
-from paddlemix.processors import tokenize
+from paddlemix.processors import get_tokenizer
 
 CLASSNAMES = ["tench", "goldfish", "great white shark", "tabby cat", "toilet paper", "crane", "missile"]
 TEMPLATES = ["a photo of a {}.", "a drawing of the {}.", "{}"]
@@ -34,7 +34,7 @@ def numpy_classifier(model, classnames, templates):
     """One class at a time: L2-normalise each template's embedding, mean, renormalise (open_clip legacy)."""
     columns = []
     for name in classnames:
-        input_ids = paddle.to_tensor(tokenize([template.format(name) for template in templates], model.context_length))
+        input_ids = paddle.to_tensor(get_tokenizer(model)([template.format(name) for template in templates]))
         with paddle.no_grad():
             embeddings = model.encode_text(input_ids).numpy().astype(np.float64)
         embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
@@ -45,7 +45,7 @@ def numpy_classifier(model, classnames, templates):
 
 @pytest.mark.parametrize("batch_classes", [1, 3, 64])
 def test_classifier_is_normalised_template_mean_for_any_class_batch(tiny_model, batch_classes):
-    classifier = build_zero_shot_classifier(tiny_model, CLASSNAMES, TEMPLATES, batch_classes=batch_classes)
+    classifier = build_zero_shot_classifier(tiny_model, get_tokenizer(tiny_model), CLASSNAMES, TEMPLATES, batch_classes=batch_classes)
     assert classifier.shape == [16, len(CLASSNAMES)]
     assert classifier.stop_gradient
     np.testing.assert_allclose(classifier.numpy(), numpy_classifier(tiny_model, CLASSNAMES, TEMPLATES), atol=1e-6)
@@ -56,18 +56,18 @@ def test_classifier_restores_each_sublayers_train_or_eval_flag(tiny_model):
     try:
         tiny_model.train()
         tiny_model.text.eval()
-        build_zero_shot_classifier(tiny_model, CLASSNAMES[:2], TEMPLATES)
+        build_zero_shot_classifier(tiny_model, get_tokenizer(tiny_model), CLASSNAMES[:2], TEMPLATES)
         assert tiny_model.training and tiny_model.visual.training
         assert not any(layer.training for layer in tiny_model.text.sublayers(include_self=True))
     finally:
         tiny_model.eval()
-    build_zero_shot_classifier(tiny_model, CLASSNAMES[:2], TEMPLATES)
+    build_zero_shot_classifier(tiny_model, get_tokenizer(tiny_model), CLASSNAMES[:2], TEMPLATES)
     assert not any(layer.training for layer in tiny_model.sublayers(include_self=True))
 
 
 def test_template_without_placeholder_is_rejected(tiny_model):
     with pytest.raises(ValueError, match="'a photo.' must hold exactly one"):
-        build_zero_shot_classifier(tiny_model, CLASSNAMES, ["a photo of a {}.", "a photo."])
+        build_zero_shot_classifier(tiny_model, get_tokenizer(tiny_model), CLASSNAMES, ["a photo of a {}.", "a photo."])
 
 
 def test_topk_accuracy_on_hand_ranked_logits():
@@ -136,7 +136,7 @@ def test_zero_shot_classification_accumulates_over_batches_in_eval_mode():
 
 
 def test_zero_shot_classification_equals_topk_accuracy_of_all_logits(tiny_model):
-    classifier = build_zero_shot_classifier(tiny_model, CLASSNAMES, TEMPLATES)
+    classifier = build_zero_shot_classifier(tiny_model, get_tokenizer(tiny_model), CLASSNAMES, TEMPLATES)
     rng = np.random.default_rng(1)
     images = rng.standard_normal((5, 3, 32, 32)).astype("float32")
     targets = rng.integers(0, len(CLASSNAMES), 5)

@@ -71,9 +71,11 @@ def step_losses(output_dir: Path) -> dict:
 def build_trainer(setup: Path, output_dir: Path, *extra):
     """A CLIPTrainer built in this process as the entry script builds it (model, data, trainer)."""
     from paddlemix.trainer.arguments import parse_arguments
-    from paddlemix.trainer.run import build_model, context_length_of, train_dataset
+    from paddlemix.processors import get_tokenizer
+    from paddlemix.trainer.run import build_model, loss_of, train_dataset
     from paddlemix.trainer.trainer import CLIPTrainer
 
     model_args, data_args, args = parse_arguments(flags(setup, output_dir, *extra))
     model = build_model(model_args, args)
-    return CLIPTrainer(model, args, train_dataset(data_args, model, args), context_length_of(model, model_args))
+    return CLIPTrainer(model, args, train_dataset(data_args, model, args), get_tokenizer(model, model_args.context_length),
+                       loss_of(model, model_args, args))

@@ -20,7 +20,6 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 import paddle
 
-from ..processors.tokenizer import tokenize
 from ..utils.distributed import data_worker_init, get_rank, get_world_size
 from ..utils.log import logger
 from .samples import REASONS, AllSamplesBadError, BadSample, log_skipped
@@ -50,10 +49,11 @@ def main_thread_batches(dataset, collate_fn: Callable, batch_sampler: Optional[I
 
 
 class ImageTextCollator:
-    """samples -> {"image": float32 [B, 3, H, W], "input_ids": int64 [B, context_length], "skipped": {reason: n}}."""
+    """samples -> {"image": float32 [B, 3, H, W], "input_ids": int64 [B, context_length], "skipped": {reason: n}},
+    the captions tokenized by the model's `tokenizer` (processors.get_tokenizer)."""
 
-    def __init__(self, context_length: int = 77):
-        self.context_length = context_length
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
 
     def __call__(self, samples: List) -> Dict:
         skipped: Counter = Counter()
@@ -67,10 +67,10 @@ class ImageTextCollator:
                 good.append(sample)
         if good:
             images = np.stack([sample["image"] for sample in good])
-            input_ids = tokenize([sample["caption"] for sample in good], context_length=self.context_length)
+            input_ids = self.tokenizer([sample["caption"] for sample in good])
         else:
             images = np.zeros((0, 3, 1, 1), dtype=np.float32)
-            input_ids = np.zeros((0, self.context_length), dtype=np.int64)
+            input_ids = np.zeros((0, self.tokenizer.context_length), dtype=np.int64)
         # counts as an int64 array in REASON order: numbers survive the worker -> main transfer
         batch = {"image": images, "input_ids": input_ids, "skipped": _counts_to_array(skipped)}
         if good and "stream" in good[-1]:  # a batch is one reader's run: its position after the last sample
@@ -201,10 +201,10 @@ class ImageTextLoader:
     rank must then call `state_dict()`, a collective: each rank knows only its own readers.
     """
 
-    def __init__(self, dataset, batch_size: int, context_length: int = 77, num_workers: int = 0, shuffle: bool = True,
+    def __init__(self, dataset, batch_size: int, tokenizer, num_workers: int = 0, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False, log_every: int = 100, name: str = "train"):
         self.dataset = dataset
-        self.collator = ImageTextCollator(context_length)
+        self.collator = ImageTextCollator(tokenizer)
         self.report = BadSampleReport(name, log_every)
         self.streaming = isinstance(dataset, paddle.io.IterableDataset)
         if self.streaming:

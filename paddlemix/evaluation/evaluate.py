@@ -22,6 +22,7 @@ import paddle
 from .. import AutoModel
 from ..data.coco import annotation_file, coco_root
 from ..models.state_dict import load_state_dict_strict
+from ..processors import get_tokenizer
 from ..processors.image_transforms import image_transform_for
 from ..trainer.arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
 from ..inference import load_model
@@ -61,19 +62,19 @@ def text_tower_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def cached_classifier(model, classnames: Sequence[str], templates: Sequence[str], context_length: int,
+def cached_classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[str],
                       cache_dir: Optional[str]) -> paddle.Tensor:
     """The zero-shot classifier, from `cache_dir` when one was built for these very weights, names and
     templates (the key hashes all of them; a name alone could match another model's stale cache)."""
     if not cache_dir:
-        return build_zero_shot_classifier(model, classnames, templates, context_length=context_length)
+        return build_zero_shot_classifier(model, tokenizer, classnames, templates)
     key = hashlib.sha256(json.dumps([text_tower_fingerprint(model), list(classnames), list(templates),
-                                     context_length]).encode()).hexdigest()
+                                     type(tokenizer).__name__, tokenizer.context_length]).encode()).hexdigest()
     path = Path(cache_dir) / f"zero_shot_classifier-{key[:32]}.npy"
     if path.is_file():
         logger.info("zero-shot classifier from the cache: %s", path)
         return paddle.to_tensor(np.load(path))
-    classifier = build_zero_shot_classifier(model, classnames, templates, context_length=context_length)
+    classifier = build_zero_shot_classifier(model, tokenizer, classnames, templates)
     if get_rank() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.npy")
@@ -82,14 +83,14 @@ def cached_classifier(model, classnames: Sequence[str], templates: Sequence[str]
     return classifier
 
 
-def classification(model, directory: str, batch_size: int, num_workers: int, context_length: int,
+def classification(model, tokenizer, directory: str, batch_size: int, num_workers: int,
                    cache_dir: Optional[str]) -> Dict[str, float]:
     dataset = ClassificationSet(directory)
     paths = [path for path, _ in dataset.samples]
     targets = np.array([target for _, target in dataset.samples])
     transform = image_transform_for(model.config, is_train=False)
     images = image_features(model, paths, transform, batch_size, num_workers)
-    classifier = cached_classifier(model, dataset.classnames, dataset.templates, context_length, cache_dir)
+    classifier = cached_classifier(model, tokenizer, dataset.classnames, dataset.templates, cache_dir)
     logits = images.features @ classifier.numpy()
     metrics = topk_accuracy(logits, targets[images.kept])
     metrics["num_samples"] = int(len(images.kept))
@@ -100,12 +101,12 @@ def classification(model, directory: str, batch_size: int, num_workers: int, con
     return metrics
 
 
-def retrieval(model, annotation: Path, image_root: Path, batch_size: int, num_workers: int,
-              context_length: int) -> Dict[str, float]:
+def retrieval(model, tokenizer, annotation: Path, image_root: Path, batch_size: int,
+              num_workers: int) -> Dict[str, float]:
     paths, captions, owner = caption_set(annotation, image_root)
     transform = image_transform_for(model.config, is_train=False)
     images = image_features(model, paths, transform, batch_size, num_workers)
-    texts = text_features(model, captions, batch_size, context_length)
+    texts = text_features(model, tokenizer, captions, batch_size)
     # Captions of unreadable images have nothing to retrieve: they leave with their image.
     position = np.full(len(paths), -1)
     position[images.kept] = np.arange(len(images.kept))
@@ -143,16 +144,16 @@ def run_zero_shot_eval(argv: Optional[Sequence[str]] = None, default_model: Opti
             raise ValueError("--pretrained_text_model needs --backend eager (an export holds its own text encoder)")
         donor = AutoModel.from_pretrained(resolve_model_name(model_args.pretrained_text_model)).text
         load_state_dict_strict(model.text, donor.state_dict(), source="--pretrained_text_model (text tower)")
-    context_length = model_args.context_length or model.context_length
+    tokenizer = get_tokenizer(model, model_args.context_length)
     batch, workers = args.per_device_eval_batch_size, args.dataloader_num_workers
     results: Dict = {}
     if data_args.classification_eval:
         name = Path(data_args.classification_eval).name
-        results[name] = classification(model, data_args.classification_eval, batch, workers, context_length,
+        results[name] = classification(model, tokenizer, data_args.classification_eval, batch, workers,
                                        eval_args.classifier_cache)
     if eval_args.retrieval_eval:
         annotation, image_root = retrieval_set(eval_args.retrieval_eval, data_args.data_dir)
-        results["retrieval"] = retrieval(model, annotation, image_root, batch, workers, context_length)
+        results["retrieval"] = retrieval(model, tokenizer, annotation, image_root, batch, workers)
     if not results:
         raise ValueError("nothing to evaluate: give --classification_eval DIR and/or --retrieval_eval coco|FILE.json")
     if get_rank() == 0:

@@ -15,7 +15,6 @@ import paddle.distributed as dist
 
 from ..data.loader import main_thread_batches
 from ..data.samples import BadSample, load_image_file, log_skipped, transformed
-from ..processors import tokenize
 from ..utils.distributed import data_worker_init, gather_row_counts, get_rank, get_world_size
 from ..utils.log import logger
 from .zero_shot import evaluation_mode
@@ -102,15 +101,15 @@ def image_features(model, paths: Sequence[str], transform: Callable, batch_size:
     return ImageFeatures(gathered, order, skipped)
 
 
-def text_features(model, captions: Sequence[str], batch_size: int, context_length: int,
-                  normalize: bool = True) -> np.ndarray:
-    """Features [len(captions), D] of the captions, split over ranks and gathered in caption order."""
+def text_features(model, tokenizer, captions: Sequence[str], batch_size: int, normalize: bool = True) -> np.ndarray:
+    """Features [len(captions), D] of the captions tokenized by the model's `tokenizer`, split over ranks
+    and gathered in caption order."""
     mine = np.arange(get_rank(), len(captions), get_world_size())
     parts = []
     with evaluation_mode(model):
         for start in range(0, len(mine), batch_size):
             chunk = [captions[i] for i in mine[start:start + batch_size]]
-            ids = paddle.to_tensor(tokenize(chunk, context_length=context_length))
+            ids = paddle.to_tensor(tokenizer(chunk))
             parts.append(model.encode_text(ids, normalize=normalize).numpy())
     local = np.concatenate(parts) if parts else np.zeros((0, model.config.embed_dim), "float32")
     features, _ = _in_item_order(gather_rows(local), gather_rows(mine.astype("int64")))

@@ -11,7 +11,6 @@ from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 import paddle
 import paddle.nn.functional as F
 
-from ..processors import tokenize
 from ..utils.log import logger
 from .ranking import as_float_array, as_index_array, rank_of
 
@@ -51,17 +50,17 @@ TEXT_CHUNK_ROWS = 128
 
 def build_zero_shot_classifier(
     model: paddle.nn.Layer,
+    tokenizer,
     classnames: Sequence[str],
     templates: Sequence[str],
     batch_classes: int = 64,
-    context_length: Optional[int] = None,
 ) -> paddle.Tensor:
     """Class embeddings as a linear classifier: [embed_dim, num_classes], each column of unit length.
 
     Column c is the mean over templates of the L2-normalised text embeddings of
     `template.format(classnames[c])`, renormalised. `batch_classes` classes (x all templates) go
-    through the text tower at once; the result does not depend on it. `context_length` defaults to
-    `model.context_length`.
+    through the text tower at once; the result does not depend on it. `tokenizer`: the model's
+    (`processors.get_tokenizer(model)`), whose rows are as long as its `context_length`.
     """
     if not classnames or not templates:
         raise ValueError(f"need at least one class name and one template, got {len(classnames)} and {len(templates)}")
@@ -69,14 +68,13 @@ def build_zero_shot_classifier(
         check_template(template)
     if batch_classes < 1:
         raise ValueError(f"batch_classes must be >= 1, got {batch_classes}")
-    context_length = context_length or model.context_length
     logger.info("building zero-shot classifier: %d classes x %d templates", len(classnames), len(templates))
     columns = []
     with evaluation_mode(model):
         for start in range(0, len(classnames), batch_classes):
             batch = classnames[start:start + batch_classes]
             texts = [template.format(name) for name in batch for template in templates]
-            input_ids = paddle.to_tensor(tokenize(texts, context_length))
+            input_ids = paddle.to_tensor(tokenizer(texts))
             embeddings = paddle.concat([  # in chunks: thousands of rows at once run slower per text
                 model.encode_text(input_ids[row:row + TEXT_CHUNK_ROWS], normalize=True)
                 for row in range(0, len(texts), TEXT_CHUNK_ROWS)

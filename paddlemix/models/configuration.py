@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from ..processors.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from ..processors.image_transforms import INTERPOLATIONS, RESIZE_MODES
 from .towers import DEFAULT_TEXT_KIND, text_config_class
 
 CONFIG_NAME = "config.json"
+# Per-channel RGB mean/std of CLIP's training images, from openai/CLIP clip/clip.py `_transform`.
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
+INTERPOLATIONS = ("bicubic", "bilinear")  # image resampling filters (processors.image_transforms)
+RESIZE_MODES = ("shortest", "squash", "longest")  # open_clip's resize_mode values
 
 
 def _from_dict(cls, values: Dict[str, Any], where: str):
@@ -102,6 +105,7 @@ class TextConfig(FusedOpsOptions):
     # pool_type is then ignored); pad tokens (`pad_id`) are masked as keys, as in open_clip's CoCa
     embed_cls: bool = False
     pad_id: int = 0
+    tokenizer: str = "clip"  # processors.factory.TOKENIZERS: CLIP's byte-level BPE
 
     def __post_init__(self):
         if self.kind != "clip":
@@ -156,10 +160,14 @@ class CLIPConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100)  # logit_scale is clamped here in forward
     model_type: str = "clip"
+    loss: str = "clip"  # the training loss, models.loss_registry.LOSSES
     name: Optional[str] = None  # registry name this config came from, if any
     # How this process splits the model (runtime, not architecture): saved checkpoints and configs
     # are always unsharded, with 1 here.
     tensor_parallel_degree: int = 1
+    # Where this config was read from (a model directory or registry name): the home of its
+    # tokenizer files. Runtime only, not saved.
+    name_or_path: Optional[str] = field(default=None, compare=False)
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "CLIPConfig":
@@ -190,7 +198,9 @@ class CLIPConfig:
         return cls.from_dict(values, where=str(path))
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        del values["name_or_path"]
+        return values
 
     def save_pretrained(self, directory: Union[str, Path]) -> Path:
         directory = Path(directory)
@@ -207,6 +217,7 @@ class CoCaConfig(CLIPConfig):
 
     multimodal_cfg: MultimodalConfig = field(default_factory=MultimodalConfig)
     model_type: str = "coca"
+    loss: str = "coca"
 
     @classmethod
     def tower_configs(cls) -> Dict[str, type]:

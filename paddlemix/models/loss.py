@@ -1,6 +1,6 @@
 """Contrastive image-text loss (CLIP), with open_clip's options for multi-process batches."""
 
-from typing import Optional
+from typing import Dict, Optional
 
 import paddle
 import paddle.nn as nn
@@ -122,3 +122,15 @@ class ClipLoss(nn.Layer):
         if weight != 1.0:
             total_loss = total_loss * weight
         return {"contrastive_loss": total_loss} if output_dict else total_loss
+
+    def contrastive_loss(self, image_features, text_features, logit_scale) -> paddle.Tensor:
+        """The contrastive loss of normalised features (the trainer's gradient accumulation joins the
+        micro-batches' features and asks for this part alone)."""
+        return self(image_features, text_features, logit_scale)
+
+    def loss_parts(self, outputs: Dict[str, paddle.Tensor],
+                   batch_input_ids: Optional[paddle.Tensor] = None) -> Dict[str, paddle.Tensor]:
+        """The losses of a model's `outputs` by name; they sum to the training loss. (The one contrastive
+        loss compares the features it is given, whatever batch `batch_input_ids` describes.)"""
+        return {"contrastive_loss": self.contrastive_loss(outputs["image_features"], outputs["text_features"],
+                                                          outputs["logit_scale"])}

@@ -1,8 +1,9 @@
 """Text and image preprocessing shared by the CLIP-family models."""
 
-from .constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from ..models.configuration import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from .factory import get_tokenizer
 from .image_transforms import image_transform
-from .tokenizer import SimpleTokenizer, decode, tokenize
+from .tokenizer import SimpleTokenizer
 from .processor import CLIPProcessor
 
 __all__ = [
@@ -10,7 +11,6 @@ __all__ = [
     "OPENAI_DATASET_MEAN",
     "OPENAI_DATASET_STD",
     "SimpleTokenizer",
-    "decode",
+    "get_tokenizer",
     "image_transform",
-    "tokenize",
 ]

@@ -15,13 +15,11 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from .constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from ..models.configuration import INTERPOLATIONS, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, RESIZE_MODES
 
 ImageInput = Union[Image.Image, np.ndarray]
 
 _RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
-INTERPOLATIONS = tuple(_RESAMPLING)
-RESIZE_MODES = ("shortest", "squash", "longest")  # open_clip's resize_mode values
 # torchvision RandomResizedCrop's defaults, which open_clip keeps.
 CROP_ASPECT_RATIO = (3 / 4, 4 / 3)
 _CROP_ATTEMPTS = 10

@@ -6,25 +6,26 @@ import numpy as np
 import paddle
 
 from .image_transforms import image_transform, preprocess_options
-from .tokenizer import tokenize
+from .factory import get_tokenizer
 
 
 class CLIPProcessor:
     """`processor(images=[...], text=[...])` -> {"image": [N, 3, H, W] float32, "input_ids": [N, L] int64}.
 
-    `CLIPProcessor(image_size)` preprocesses images as OpenAI CLIP did unless `preprocess` says
-    otherwise; `from_config(config)` as the model was trained (its `preprocess_cfg`).
+    `CLIPProcessor(image_size, tokenizer)` preprocesses images as OpenAI CLIP did unless `preprocess`
+    says otherwise; `from_config(config)` as the model was trained (its `preprocess_cfg`, its tokenizer).
     """
 
-    def __init__(self, image_size, context_length: int = 77, **preprocess):
-        """preprocess: the image transform's mean, std, interpolation, resize_mode, fill_color."""
-        self.context_length = context_length
+    def __init__(self, image_size, tokenizer, **preprocess):
+        """tokenizer: processors.get_tokenizer(model); preprocess: the image transform's mean, std,
+        interpolation, resize_mode, fill_color."""
+        self.tokenizer = tokenizer
         self.eval_transform = image_transform(image_size, is_train=False, **preprocess)
         self.train_transform = image_transform(image_size, is_train=True, **preprocess)
 
     @classmethod
     def from_config(cls, config) -> "CLIPProcessor":
-        return cls(config.vision_cfg.image_size, config.text_cfg.context_length, **preprocess_options(config))
+        return cls(config.vision_cfg.image_size, get_tokenizer(config), **preprocess_options(config))
 
     def __call__(
         self,
@@ -41,7 +42,7 @@ class CLIPProcessor:
             transform = self.train_transform if train else self.eval_transform
             outputs["image"] = np.stack([transform(image) for image in images])
         if text is not None:
-            outputs["input_ids"] = tokenize(text, context_length=self.context_length)
+            outputs["input_ids"] = self.tokenizer(text)
         if return_tensors == "pd":
             outputs = {key: paddle.to_tensor(value) for key, value in outputs.items()}
         return outputs

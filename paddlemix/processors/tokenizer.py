@@ -83,24 +83,20 @@ class SimpleTokenizer:
     """
 
     def __init__(self, bpe_path: str = DEFAULT_BPE_PATH, context_length: int = DEFAULT_CONTEXT_LENGTH):
-        with gzip.open(bpe_path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        # Line 0 is a version header; CLIP uses exactly the first 48894 merges.
-        num_merges = VOCAB_SIZE - 2 * 256 - len(SPECIAL_TOKENS)
-        merges = [tuple(line.split()) for line in lines[1 : num_merges + 1]]
-
+        self.encoder, self.decoder, self.bpe_ranks = _read_vocabulary(bpe_path)
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {char: byte for byte, char in self.byte_encoder.items()}
-        byte_symbols = list(self.byte_encoder.values())
-        vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges] + list(SPECIAL_TOKENS)
-        self.encoder = {symbol: i for i, symbol in enumerate(vocab)}
-        self.decoder = dict(enumerate(vocab))
-        self.bpe_ranks = {merge: rank for rank, merge in enumerate(merges)}
         self.sot_token_id = self.encoder[SPECIAL_TOKENS[0]]
         self.eot_token_id = self.encoder[SPECIAL_TOKENS[1]]
-        self.vocab_size = len(vocab)
+        self.pad_token_id = 0
+        self.vocab_size = len(self.encoder)
         self.context_length = context_length
         self._word_cache: Dict[str, Tuple[int, ...]] = {}
+
+    def save_pretrained(self, directory) -> List[str]:
+        """Nothing to write: CLIP's vocabulary ships with paddlemix (the trainer saves every model's
+        tokenizer beside its weights, as PaddleNLP's Trainer does)."""
+        return []
 
     def _encode_word(self, word: str) -> Tuple[int, ...]:
         """Ids of one regex word; the specials stay whole, as in CLIP."""
@@ -158,17 +154,16 @@ class SimpleTokenizer:
         return result
 
 
-@lru_cache(maxsize=None)
-def get_default_tokenizer() -> SimpleTokenizer:
-    """The process-wide tokenizer over CLIP's vocabulary, built on first use (about a second)."""
-    return SimpleTokenizer()
-
-
-def tokenize(texts: Union[str, Sequence[str]], context_length: int = DEFAULT_CONTEXT_LENGTH) -> np.ndarray:
-    """Tokenize with the default tokenizer: int64 array [N, context_length], see `SimpleTokenizer.__call__`."""
-    return get_default_tokenizer()(texts, context_length=context_length)
-
-
-def decode(ids: Iterable[int]) -> str:
-    """Decode one row of token ids with the default tokenizer, see `SimpleTokenizer.decode`."""
-    return get_default_tokenizer().decode(ids)
+@lru_cache(maxsize=4)
+def _read_vocabulary(bpe_path: str) -> Tuple[Dict[str, int], Dict[int, str], Dict[Tuple[str, str], int]]:
+    """(symbol -> id, id -> symbol, merge -> rank) of a gzipped merge list; read once per file (about a
+    second), shared by the tokenizers built from it."""
+    with gzip.open(bpe_path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    # Line 0 is a version header; CLIP uses exactly the first 48894 merges.
+    num_merges = VOCAB_SIZE - 2 * 256 - len(SPECIAL_TOKENS)
+    merges = [tuple(line.split()) for line in lines[1 : num_merges + 1]]
+    byte_symbols = list(bytes_to_unicode().values())
+    vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges] + list(SPECIAL_TOKENS)
+    return ({symbol: i for i, symbol in enumerate(vocab)}, dict(enumerate(vocab)),
+            {merge: rank for rank, merge in enumerate(merges)})

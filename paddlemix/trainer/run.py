@@ -17,8 +17,8 @@ from ..data.datasets import build_dataset
 from ..models.hub import WEIGHTS_NAME
 from ..models.registry import resolve_model_name
 from ..models.state_dict import load_state_dict_strict
-from ..models.coca import CoCa, CoCaLoss
-from ..models.loss import ClipLoss
+from ..models.loss_registry import build_loss
+from ..processors import get_tokenizer
 from ..processors.image_transforms import image_transform_for
 from ..utils.log import logger, warn_once
 from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
@@ -44,32 +44,14 @@ def build_model(model_args: ModelArguments, args: CLIPTrainingArguments):
             for param in getattr(model, tower).parameters():
                 param.stop_gradient = True
     model.set_recompute(args.recompute)
-    model.set_loss(build_loss(model, model_args, args))
     return model
 
 
-def build_loss(model, model_args: ModelArguments, args: CLIPTrainingArguments):
-    """ClipLoss, or for CoCa CoCaLoss around it with the --coca_*_loss_weight flags."""
-    clip_loss = ClipLoss(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad)
-    weights = {"caption": model_args.coca_caption_loss_weight, "contrastive": model_args.coca_contrastive_loss_weight}
-    if not isinstance(model, CoCa):
-        given = [f"--coca_{name}_loss_weight" for name, weight in weights.items() if weight is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)}: only CoCa models have a caption loss; --model "
-                             f"{model_args.model} is a {model.config.model_type} model")
-        return clip_loss
-    return CoCaLoss(
-        caption_weight=2.0 if weights["caption"] is None else weights["caption"],
-        contrastive_weight=1.0 if weights["contrastive"] is None else weights["contrastive"],
-        pad_id=model.pad_id, clip_loss=clip_loss,
-    )
-
-
-def context_length_of(model, model_args: ModelArguments) -> int:
-    length = model_args.context_length or model.context_length
-    if length > model.context_length:
-        raise ValueError(f"--context_length {length} exceeds the model's {model.context_length}")
-    return length
+def loss_of(model, model_args: ModelArguments, args: CLIPTrainingArguments):
+    """The loss the model's config names, with the loss flags that were given."""
+    options = {name: getattr(model_args, name) for name in ("coca_caption_loss_weight", "coca_contrastive_loss_weight")
+               if getattr(model_args, name) is not None}
+    return build_loss(model.config, args.local_loss, args.gather_with_grad, options)
 
 
 def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[str] = None) -> CLIPTrainer:
@@ -83,13 +65,13 @@ def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[s
     paddle.seed(args.seed)
     model = build_model(model_args, args)
     dataset = train_dataset(data_args, model, args)
-    context_length = context_length_of(model, model_args)
+    tokenizer = get_tokenizer(model, model_args.context_length)
     retrieval = validation_split(data_args) if args.do_eval else None
     evaluation = None
     if data_args.classification_eval or retrieval:
         evaluation = TrainingEvaluation(data_args.classification_eval, retrieval, args.per_device_eval_batch_size,
-                                        args.dataloader_num_workers, context_length)
-    trainer = CLIPTrainer(model, args, dataset, context_length, evaluation)
+                                        args.dataloader_num_workers, tokenizer)
+    trainer = CLIPTrainer(model, args, dataset, tokenizer, loss_of(model, model_args, args), evaluation)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume:
         logger.info("resuming from %s", resume)

@@ -124,16 +124,17 @@ class ScalarVisualDLCallback(VisualDLCallback):
 class CLIPTrainer(Trainer):
     """PaddleNLP Trainer over paddlemix's ImageTextLoader and optimizer; see module docstring."""
 
-    def __init__(self, model, args, train_dataset, context_length: int, evaluation=None):
+    def __init__(self, model, args, train_dataset, tokenizer, loss_fn, evaluation=None):
         self.preemption = PreemptionCallback()
-        super().__init__(model=model, args=args, train_dataset=train_dataset,
+        super().__init__(model=model, args=args, train_dataset=train_dataset, tokenizer=tokenizer,
                          callbacks=[self.preemption, LogitScaleClamp(), SaveFinalStep()])
         if self.pop_callback(VisualDLCallback) is not None:
             self.add_callback(ScalarVisualDLCallback())
         self.train_loader = ImageTextLoader(
-            train_dataset, batch_size=args.per_device_train_batch_size, context_length=context_length,
+            train_dataset, batch_size=args.per_device_train_batch_size, tokenizer=tokenizer,
             num_workers=args.dataloader_num_workers, seed=args.seed, log_every=max(1, args.logging_steps),
         )
+        self.loss_fn = loss_fn  # models.loss_registry.build_loss(model.config, ...)
         self.evaluation = evaluation  # a TrainingEvaluation, run every --eval_steps
         self._evaluated: Dict = {}
         if evaluation is not None and args.eval_steps:
@@ -162,6 +163,7 @@ class CLIPTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False):
         outputs = model(image=inputs["image"], input_ids=inputs["input_ids"])
+        outputs["loss"] = paddle.add_n(list(self.loss_fn.loss_parts(outputs).values()))
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def training_step(self, model, inputs, step_control=0):
@@ -205,23 +207,23 @@ class CLIPTrainer(Trainer):
         cached, token_losses = [], []
         with paddle.no_grad(), self.autocast_smart_context_manager():
             for batch in batches:
-                out = model(image=batch["image"], input_ids=batch["input_ids"], return_loss=False)
-                parts = self.model.loss_parts(out, batch_input_ids)
+                out = model(image=batch["image"], input_ids=batch["input_ids"])
+                parts = self.loss_fn.loss_parts(out, batch_input_ids)
                 token_losses.extend(value for name, value in parts.items() if name != "contrastive_loss")
                 cached.append({key: out[key] for key in ("image_features", "text_features", "logit_scale")})
             watched_outputs = [value for c in cached for value in watched(c)]
-            contrastive = self.model.contrastive_loss(*self._joined(cached, None, None), cached[0]["logit_scale"])
+            contrastive = self.loss_fn.contrastive_loss(*self._joined(cached, None, None), cached[0]["logit_scale"])
             loss = paddle.add_n([part for part in (contrastive, *token_losses) if part is not None])
         if self._skip_nonfinite("loss or features", [loss, *watched_outputs]):
             return None
         last = len(batches) - 1
         for index, batch in enumerate(batches):
             with self.autocast_smart_context_manager():
-                fresh = model(image=batch["image"], input_ids=batch["input_ids"], return_loss=False)
+                fresh = model(image=batch["image"], input_ids=batch["input_ids"])
                 scale = fresh["logit_scale"] if index == last else fresh["logit_scale"].detach()
                 image_features, text_features = self._joined(cached, index, fresh)
                 joined = dict(fresh, image_features=image_features, text_features=text_features, logit_scale=scale)
-                micro_loss = paddle.add_n(list(self.model.loss_parts(joined, batch_input_ids).values()))
+                micro_loss = paddle.add_n(list(self.loss_fn.loss_parts(joined, batch_input_ids).values()))
             sync = model.no_sync() if index < last and hasattr(model, "no_sync") else contextlib.nullcontext()
             with sync:  # DataParallel reduces the gradients once, after the last pass
                 self._backward(micro_loss)

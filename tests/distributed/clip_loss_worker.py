@@ -55,7 +55,7 @@ def build_model() -> CLIP:
 
 def encode(model: nn.Layer, images, texts):
     """(image_features [N, D], text_features [N, D], scale []) -- normalised, as the loss takes them."""
-    out = model(image=images, input_ids=texts, return_loss=False)
+    out = model(image=images, input_ids=texts)
     return out["image_features"], out["text_features"], out["logit_scale"]
 
 

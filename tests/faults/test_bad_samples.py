@@ -29,7 +29,7 @@ from paddlemix.data.loader import ImageTextLoader
 from paddlemix.data.samples import MAX_IMAGE_PIXELS_ENV, BadSample, decode_image, load_image_file
 from paddlemix.evaluation.datasets import ClassificationSet
 from paddlemix.evaluation.zero_shot import build_zero_shot_classifier
-from paddlemix.processors import image_transform
+from paddlemix.processors import SimpleTokenizer, get_tokenizer, image_transform
 from paddlemix.tools.pack import coco_karpathy_records, pack
 from paddlemix.tools.pack import main as pack_main
 from paddlemix.trainer.arguments import parse_arguments
@@ -149,7 +149,7 @@ def test_invalid_utf8_in_a_csv_caption_is_skipped_naming_file_and_line(tmp_path)
     assert len(dataset) == 3
     assert dataset[0]["caption"] == "fine" and dataset[2]["caption"] == "fine too"
     assert dataset[1] == BadSample("invalid_utf8", f"{path}:3")
-    loader = ImageTextLoader(dataset, batch_size=3, context_length=8, shuffle=False)
+    loader = ImageTextLoader(dataset, batch_size=3, tokenizer=SimpleTokenizer(context_length=8), shuffle=False)
     assert [int(b["image"].shape[0]) for b in loader] == [2]
     assert loader.report.epoch_good == 0  # the epoch ended: its report was logged and reset
 
@@ -172,6 +172,7 @@ RAISING_DATASETS = """
     from paddlemix.data.loader import ImageTextLoader
     from paddlemix.data.samples import BadSample
     from paddlemix.data.streaming import StreamingDataset
+    from paddlemix.processors import SimpleTokenizer
 
     class Raising(paddle.io.Dataset):
         def __len__(self):
@@ -189,7 +190,8 @@ RAISING_DATASETS = """
 
     kind, workers = sys.argv[1], int(sys.argv[2])
     dataset = Raising() if kind == "map" else AllBad(["part-0"], transform=None, epochs=1)
-    for batch in ImageTextLoader(dataset, batch_size=2, context_length=8, num_workers=workers, shuffle=False):
+    tokenizer = SimpleTokenizer(context_length=8)
+    for batch in ImageTextLoader(dataset, batch_size=2, tokenizer=tokenizer, num_workers=workers, shuffle=False):
         pass
     print("finished without an error")
 """
@@ -236,7 +238,7 @@ def tiny_model_dir(setup, tmp_path_factory):
 def test_a_template_without_exactly_one_placeholder_fails_naming_it(tiny_model_dir, template):
     model = AutoModel.from_pretrained(str(tiny_model_dir))
     with pytest.raises(ValueError, match="must hold exactly one {} for the class name") as info:
-        build_zero_shot_classifier(model, ["cat"], ["a photo of a {}", template])
+        build_zero_shot_classifier(model, get_tokenizer(model), ["cat"], ["a photo of a {}", template])
     assert repr(template) in str(info.value)
 
 

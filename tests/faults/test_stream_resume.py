@@ -14,7 +14,7 @@ from PIL import Image
 from paddlemix.data.laion import LaionDataset
 from paddlemix.data.loader import ImageTextLoader
 from paddlemix.data.webdataset_shards import TarShardDataset
-from paddlemix.processors import image_transform
+from paddlemix.processors import SimpleTokenizer, image_transform
 
 from streaming_helpers import take_batches
 from trainer_helpers import flags, preempt, run_to_end, step_losses
@@ -63,7 +63,7 @@ def loader_of(kind, files, workers):
     """A fresh dataset and loader over `files` (what WRITERS[kind] wrote), random crops on."""
     dataset_class = LaionDataset if kind == "laion" else TarShardDataset
     dataset = dataset_class(files, image_transform(8, is_train=True), seed=4, shuffle_buffer=4)
-    return ImageTextLoader(dataset, batch_size=BATCH, context_length=16, num_workers=workers)
+    return ImageTextLoader(dataset, batch_size=BATCH, tokenizer=SimpleTokenizer(context_length=16), num_workers=workers)
 
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["in_process", "two_workers"])

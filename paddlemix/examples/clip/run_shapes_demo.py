@@ -23,7 +23,7 @@ from paddlemix.data.coco import annotation_file
 from paddlemix.data.synthetic import classes, write_shapes_dataset
 from paddlemix.evaluation import build_zero_shot_classifier, evaluation_mode, zero_shot_classification
 from paddlemix.evaluation.plots import save_similarity_heat_map
-from paddlemix.processors import tokenize
+from paddlemix.processors import get_tokenizer
 from paddlemix.processors.image_transforms import image_transform_for
 from paddlemix.trainer.run import run_pretrain
 from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
@@ -53,13 +53,14 @@ def evaluate(model_dir: Path, data_dir: Path, output_dir: Path) -> dict:
     images = [Image.open(data_dir / "images" / r["image"]) for r in records]
     targets = [int(Path(r["image"]).stem.split("_")[0]) for r in records]  # file names start with the class index
     batch = paddle.to_tensor(np.stack([transform(image) for image in images]))
-    classifier = build_zero_shot_classifier(model, names, TEMPLATES, context_length=model.context_length)
+    tokenizer = get_tokenizer(model)
+    classifier = build_zero_shot_classifier(model, tokenizer, names, TEMPLATES)
     metrics = zero_shot_classification(model, [(batch, paddle.to_tensor(targets))], classifier)
     with evaluation_mode(model):
         shown = list(range(0, len(images), len(images) // HEAT_MAP_IMAGES))[:HEAT_MAP_IMAGES]
         image_features = model.encode_image(batch[shown], normalize=True)
         captions = [names[targets[i]] for i in shown]
-        ids = paddle.to_tensor(tokenize(captions, context_length=model.context_length))
+        ids = paddle.to_tensor(tokenizer(captions))
         similarity = (model.encode_text(ids, normalize=True) @ image_features.T).numpy()
     metrics["heat_map"] = str(save_similarity_heat_map(similarity, [images[i] for i in shown], captions,
                                                         output_dir / "similarity.png"))

@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     captions = [f"a {colour} {shape}" for colour, shape in SHAPES]
     inputs = processor(images=images, text=captions)
     with paddle.no_grad():
-        outputs = model(image=inputs["image"], input_ids=inputs["input_ids"], return_loss=False)
+        outputs = model(image=inputs["image"], input_ids=inputs["input_ids"])
     similarity = (outputs["text_features"] @ outputs["image_features"].T).numpy()
 
     width = max(len(c) for c in captions)

@@ -8,7 +8,6 @@ import paddle.nn.functional as F
 
 from ..configuration import CLIPConfig
 from ..layers.parallel import ensure_tensor_parallel_available
-from ..loss import ClipLoss
 from ..modeling_utils import PretrainedMixin
 from ..towers import build_text_tower
 from .towers import VisionTransformer
@@ -18,8 +17,9 @@ class CLIP(PretrainedMixin, nn.Layer):
     """Contrastive image-text model.
 
     `model(image=..., input_ids=...)` returns a dict with normalised `image_features` and
-    `text_features` [batch, embed_dim], the exponentiated `logit_scale`, and the contrastive `loss`
-    when both inputs are given.
+    `text_features` [batch, embed_dim] and the exponentiated `logit_scale`. The model owns no loss:
+    the trainer builds the one `config.loss` names (models.loss_registry.build_loss) and feeds it these
+    outputs.
     """
 
     config_class = CLIPConfig
@@ -35,7 +35,6 @@ class CLIP(PretrainedMixin, nn.Layer):
         self.logit_scale = self.create_parameter(
             [1], default_initializer=nn.initializer.Constant(config.init_logit_scale)
         )
-        self.loss_fn: Optional[ClipLoss] = None
 
     @property
     def context_length(self) -> int:
@@ -45,10 +44,6 @@ class CLIP(PretrainedMixin, nn.Layer):
         """Recompute block activations in backward (activation memory ~ one block per tower)."""
         self.visual.set_recompute(enable)
         self.text.set_recompute(enable)
-
-    def set_loss(self, loss_fn: ClipLoss) -> None:
-        """Use `loss_fn` (e.g. ClipLoss(local_loss=True, gather_with_grad=True)) in forward."""
-        self.loss_fn = loss_fn
 
     def encode_image(self, image: paddle.Tensor, normalize: bool = False) -> paddle.Tensor:
         """image: [batch, 3, H, W] normalised -> [batch, embed_dim]."""
@@ -68,25 +63,10 @@ class CLIP(PretrainedMixin, nn.Layer):
         self,
         image: Optional[paddle.Tensor] = None,
         input_ids: Optional[paddle.Tensor] = None,
-        return_loss: bool = True,
     ) -> Dict[str, paddle.Tensor]:
         outputs = {"logit_scale": self.scale()}
         if image is not None:
             outputs["image_features"] = self.encode_image(image, normalize=True)
         if input_ids is not None:
             outputs["text_features"] = self.encode_text(input_ids, normalize=True)
-        if return_loss and image is not None and input_ids is not None:
-            outputs["loss"] = self.loss_parts(outputs)["contrastive_loss"]
         return outputs
-
-    def contrastive_loss(self, image_features, text_features, logit_scale) -> Optional[paddle.Tensor]:
-        """The (weighted) contrastive loss of normalised features; None where its weight is 0."""
-        if self.loss_fn is None:
-            self.loss_fn = ClipLoss()
-        return self.loss_fn(image_features, text_features, logit_scale)
-
-    def loss_parts(self, outputs: Dict[str, paddle.Tensor], batch_input_ids: Optional[paddle.Tensor] = None):
-        """The losses of forward's `outputs`, by name; they sum to the training loss. (CLIP's one
-        loss compares the features it is given, whatever batch `batch_input_ids` describes.)"""
-        return {"contrastive_loss": self.contrastive_loss(outputs["image_features"], outputs["text_features"],
-                                                          outputs["logit_scale"])}

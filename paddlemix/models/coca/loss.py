@@ -48,3 +48,17 @@ class CoCaLoss(nn.Layer):
             caption_tokens = int((labels != self.pad_id).sum())
         parts["caption_loss"] = self.caption_weight * token_losses / max(caption_tokens, 1)
         return parts
+
+    def contrastive_loss(self, image_features, text_features, logit_scale) -> Optional[paddle.Tensor]:
+        """The weighted contrastive part alone; None where its weight is 0."""
+        if not self.contrastive_weight:
+            return None
+        return self.contrastive_weight * self.clip_loss(image_features, text_features, logit_scale)
+
+    def loss_parts(self, outputs: Dict[str, paddle.Tensor],
+                   batch_input_ids: Optional[paddle.Tensor] = None) -> Dict[str, paddle.Tensor]:
+        """The weighted losses of CoCa's `outputs`; `batch_input_ids`: the whole batch these outputs are a
+        micro-batch of (gradient accumulation), whose caption tokens the cross-entropy is averaged over."""
+        tokens = None if batch_input_ids is None else int((batch_input_ids[:, 1:] != self.pad_id).sum())
+        return self(outputs["image_features"], outputs["text_features"], outputs["logit_scale"],
+                    outputs["logits"], outputs["labels"], caption_tokens=tokens)

@@ -7,19 +7,17 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from ...processors.tokenizer import get_default_tokenizer
 from ..clip.modeling import CLIP
 from ..configuration import CoCaConfig
 from ..layers import KVCache
 from .decoder import MultimodalDecoder
 from .generation import GenerationConfig, generate_tokens
-from .loss import CoCaLoss
 
 
 class CoCa(CLIP):
     """`model(image=..., input_ids=...)` returns CLIP's outputs plus the caption `logits` [batch,
-    length - 1, vocab] of teacher forcing (position i predicts token i + 1, the `labels`), and with
-    `return_loss` the weighted `contrastive_loss`, `caption_loss` and their sum `loss`.
+    length - 1, vocab] of teacher forcing (position i predicts token i + 1, the `labels`), which
+    CoCaLoss (built by the trainer) weighs against the contrastive loss.
     `generate(image)` writes captions (beam search or sampling, see GenerationConfig)."""
 
     config_class = CoCaConfig
@@ -57,7 +55,6 @@ class CoCa(CLIP):
         self,
         image: Optional[paddle.Tensor] = None,
         input_ids: Optional[paddle.Tensor] = None,
-        return_loss: bool = True,
     ) -> Dict[str, paddle.Tensor]:
         outputs = {"logit_scale": self.scale()}
         if image is not None:
@@ -69,28 +66,7 @@ class CoCa(CLIP):
         if image is not None and input_ids is not None:
             outputs["logits"] = self.text_decoder(image_tokens, text_states[:, :-1])
             outputs["labels"] = input_ids[:, 1:]
-            if return_loss:
-                parts = self.loss_parts(outputs)
-                outputs.update(parts, loss=paddle.add_n(list(parts.values())))
         return outputs
-
-    def contrastive_loss(self, image_features, text_features, logit_scale) -> Optional[paddle.Tensor]:
-        loss_fn = self._loss()
-        if not loss_fn.contrastive_weight:
-            return None
-        return loss_fn.contrastive_weight * loss_fn.clip_loss(image_features, text_features, logit_scale)
-
-    def loss_parts(self, outputs: Dict[str, paddle.Tensor], batch_input_ids: Optional[paddle.Tensor] = None):
-        """The weighted losses of `outputs`; `batch_input_ids`: the whole batch these outputs are a
-        micro-batch of (gradient accumulation), whose caption tokens the cross-entropy is averaged over."""
-        tokens = None if batch_input_ids is None else int((batch_input_ids[:, 1:] != self.pad_id).sum())
-        return self._loss()(outputs["image_features"], outputs["text_features"], outputs["logit_scale"],
-                            outputs["logits"], outputs["labels"], caption_tokens=tokens)
-
-    def _loss(self) -> CoCaLoss:
-        if self.loss_fn is None:
-            self.loss_fn = CoCaLoss(pad_id=self.pad_id)
-        return self.loss_fn
 
     @paddle.no_grad()
     def generate(self, image: paddle.Tensor, text: Optional[paddle.Tensor] = None, **options) -> paddle.Tensor:
@@ -119,9 +95,9 @@ class CoCa(CLIP):
         return paddle.to_tensor(tokens, dtype="int64")
 
 
-def decode_captions(token_ids) -> List[str]:
-    """Text of each row of `generate`'s output: <start_of_text> and everything from <end_of_text> on dropped."""
-    tokenizer = get_default_tokenizer()
+def decode_captions(token_ids, tokenizer) -> List[str]:
+    """Text of each row of `generate`'s output, by the model's `tokenizer` (processors.get_tokenizer):
+    <start_of_text> and everything from <end_of_text> on dropped."""
     rows = token_ids.numpy() if isinstance(token_ids, paddle.Tensor) else np.asarray(token_ids)
     return [tokenizer.decode(row).strip() for row in rows]
 

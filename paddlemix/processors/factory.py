@@ -1,0 +1,63 @@
+"""`get_tokenizer(model_or_name)`: the tokenizer a model was trained with, named by its config.
+
+`text_cfg.tokenizer` names an entry of TOKENIZERS (open_clip's `get_tokenizer`, with a registry in
+place of branches): "clip" is CLIP's byte-level BPE, which ships with paddlemix; "hf" reads the
+RoBERTa / XLM-RoBERTa / BERT tokenizer files of the model's folder (`hf_tokenizer.HFTokenizer`).
+Every consumer (collator, zero-shot classifier, retrieval, processor, CLI, caption decoding) asks
+here; nothing falls back to a process-wide tokenizer.
+
+A tokenizer is called as `tokenizer(texts) -> int64 [N, context_length]`, and has `encode`, `decode`,
+`pad_token_id`, `context_length` and `save_pretrained(directory)`.
+"""
+
+from pathlib import Path
+from typing import Callable, Dict, Optional, Union
+
+from ..models.hub import model_cache_dir
+from .tokenizer import SimpleTokenizer
+
+
+def _clip_tokenizer(config, context_length: int) -> SimpleTokenizer:
+    return SimpleTokenizer(context_length=context_length)
+
+
+def _hf_tokenizer(config, context_length: int):
+    from .hf_tokenizer import HFTokenizer  # the `tokenizers` package, needed by these models alone
+
+    return HFTokenizer.from_folder(tokenizer_folder(config), context_length)
+
+
+# text_cfg.tokenizer -> builder(config, context_length)
+TOKENIZERS: Dict[str, Callable] = {"clip": _clip_tokenizer, "hf": _hf_tokenizer}
+
+
+def tokenizer_folder(config) -> Path:
+    """The folder holding the tokenizer files of `config`'s model: the model directory it was read
+    from, or for a registry name its cache folder `$PPMIX_HOME/models/<name>/`."""
+    source = config.name_or_path or config.name
+    if not source:
+        raise ValueError("this model's tokenizer files are read from its model folder, and its config was not "
+                         "read from one: load it with AutoConfig/AutoModel.from_pretrained(<folder or name>)")
+    folder = Path(source).expanduser()
+    return folder if folder.is_dir() else model_cache_dir(source)
+
+
+def _config_of(model_or_name):
+    if isinstance(model_or_name, (str, Path)):
+        from ..auto import AutoConfig  # auto imports this package
+
+        return AutoConfig.from_pretrained(model_or_name)
+    return getattr(model_or_name, "config", model_or_name)
+
+
+def get_tokenizer(model_or_name: Union[str, Path, object], context_length: Optional[int] = None):
+    """The tokenizer of a model, its config, a registry name or a model directory; rows of
+    `context_length` tokens (default: the model's `text_cfg.context_length`)."""
+    config = _config_of(model_or_name)
+    kind = config.text_cfg.tokenizer
+    if kind not in TOKENIZERS:
+        raise ValueError(f"text_cfg.tokenizer {kind!r} is not a known tokenizer; known: {', '.join(sorted(TOKENIZERS))}")
+    model_length = config.text_cfg.context_length
+    if context_length is not None and context_length > model_length:
+        raise ValueError(f"context_length {context_length} exceeds the model's {model_length} (text_cfg.context_length)")
+    return TOKENIZERS[kind](config, context_length or model_length)
