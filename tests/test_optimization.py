@@ -18,8 +18,6 @@ from paddlemix.trainer.optimization import (
     build_optimizer,
     cosine_schedule,
     group_learning_rates,
-    layer_id,
-    no_weight_decay,
     parameter_groups,
     parameter_settings,
 )
@@ -39,37 +37,54 @@ def tiny_clip(seed: int = 0):
     ))
 
 
+def tiny_eva_with_biases():
+    """An EVA-02-style tiny model with every kind of parameter the exemptions name (q/v biases, sub-LN,
+    layer scale, projection biases)."""
+    return AutoModel.from_config(CLIPConfig(
+        embed_dim=8,
+        vision_cfg=VisionConfig(image_size=16, patch_size=8, width=16, head_width=8, layers=12, attn_bias="qv",
+                                subln=True, naiveswiglu=True, ls_init_value=0.1, proj_bias=True, patch_bias=True),
+        text_cfg=TextConfig(context_length=6, vocab_size=10, width=16, heads=2, layers=12, proj_bias=True),
+    ))
+
+
 @pytest.mark.parametrize("name, expected", [
-    ("conv1.weight", 0), ("class_embedding", 0), ("positional_embedding", 0), ("ln_pre.bias", 0),
-    ("token_embedding.weight", 0), ("transformer.resblocks.0.attn.qkv.weight", 1),
-    ("transformer.resblocks.11.ls_2.gamma", 12), ("ln_post.weight", 13), ("proj", 13),
-    ("proj_bias", 13), ("ln_final.weight", 13), ("text_projection", 13),
+    ("visual.conv1.weight", 0), ("visual.class_embedding", 0), ("visual.positional_embedding", 0),
+    ("visual.ln_pre.bias", 0), ("text.token_embedding.weight", 0), ("text.positional_embedding", 0),
+    ("visual.transformer.resblocks.0.attn.qkv.weight", 1), ("visual.transformer.resblocks.11.ls_2.gamma", 12),
+    ("visual.ln_post.weight", 13), ("visual.proj", 13), ("visual.proj_bias", 13), ("text.ln_final.weight", 13),
+    ("text.text_projection.weight", 13), ("text.transformer.resblocks.3.mlp.c_fc.weight", 4),
 ])
-def test_layer_id_counts_stem_blocks_and_head(name, expected):
-    assert layer_id(name, num_layers=12) == expected
+def test_each_tower_declares_the_layer_id_of_its_stem_blocks_and_head(name, expected):
+    model = tiny_eva_with_biases()
+    tower, _, rest = name.partition(".")
+    assert rest in dict(getattr(model, tower).named_parameters())
+    assert getattr(model, tower).layer_id(rest) == expected
 
 
-@pytest.mark.parametrize("name, shape, exempt", [
-    ("visual.conv1.weight", [8, 3, 4, 4], False),
-    ("visual.conv1.bias", [8], True),
-    ("visual.class_embedding", [8], True),
-    ("visual.positional_embedding", [5, 8], True),
-    ("text.positional_embedding", [6, 8], True),
-    ("visual.transformer.resblocks.0.attn.q_bias", [8], True),
-    ("visual.transformer.resblocks.0.attn.inner_attn_ln.weight", [8], True),
-    ("visual.transformer.resblocks.0.mlp.ffn_ln.bias", [8], True),
-    ("visual.transformer.resblocks.0.ls_1.gamma", [8], True),
-    ("visual.transformer.resblocks.0.attn.qkv.weight", [8, 24], False),
-    ("visual.transformer.resblocks.0.mlp.w3.weight", [16, 8], False),
-    ("visual.proj", [8, 4], False),
-    ("visual.proj_bias", [4], True),
-    ("text.token_embedding.weight", [10, 8], False),
-    ("text.text_projection.weight", [8, 4], False),
-    ("text.text_projection.bias", [4], True),
-    ("logit_scale", [], True),
+@pytest.mark.parametrize("name, exempt", [
+    ("visual.conv1.weight", False),
+    ("visual.conv1.bias", True),
+    ("visual.class_embedding", True),
+    ("visual.positional_embedding", True),
+    ("text.positional_embedding", True),
+    ("visual.transformer.resblocks.0.attn.q_bias", True),
+    ("visual.transformer.resblocks.0.attn.inner_attn_ln.weight", True),
+    ("visual.transformer.resblocks.0.mlp.ffn_ln.bias", True),
+    ("visual.transformer.resblocks.0.ls_1.gamma", True),
+    ("visual.transformer.resblocks.0.attn.qkv.weight", False),
+    ("visual.transformer.resblocks.0.mlp.w3.weight", False),
+    ("visual.proj", False),
+    ("visual.proj_bias", True),
+    ("text.token_embedding.weight", False),
+    ("text.text_projection.weight", False),
+    ("text.text_projection.bias", True),
+    ("logit_scale", True),
 ])
-def test_no_weight_decay_exempts_vectors_norms_and_embeddings_but_not_matrices(name, shape, exempt):
-    assert no_weight_decay(name, paddle.zeros(shape)) is exempt
+def test_the_model_declares_vectors_norms_and_embeddings_exempt_from_decay_but_not_matrices(name, exempt):
+    model = tiny_eva_with_biases()
+    assert name in dict(model.named_parameters())
+    assert (name in model.no_weight_decay()) is exempt
 
 
 def test_every_parameter_gets_its_towers_lr_layer_decay_and_weight_decay():

@@ -15,7 +15,6 @@ and the phi adamw/lamb kernels):
 """
 
 import math
-import re
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import paddle
@@ -27,41 +26,8 @@ from ..models.layers.parallel import split_kind
 
 TOWERS = ("visual", "text")
 OPTIMIZERS = ("adamw", "lamb")
-# Tower-relative prefixes of the stem: patch/token embedding, class/position embedding, pre-LN.
-_EMBEDDING_PREFIXES = ("conv1.", "class_embedding", "positional_embedding", "ln_pre.", "token_embedding.")
-_BLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.")
-_NORM_PART = re.compile(r"^(ln_.*|.*_ln|.*norm.*)$")
-_NO_DECAY_LEAVES = {"logit_scale", "positional_embedding", "class_embedding", "gamma", "bias"}
 # torch.nn.utils.clip_grad_norm_'s guard against a zero norm.
 _CLIP_EPS = 1e-6
-
-
-def layer_id(name: str, num_layers: int) -> int:
-    """Depth of a tower-relative parameter name: 0 for the stem, i + 1 for block i and
-    num_layers + 1 for everything after the blocks (final norm, projection)."""
-    if name.startswith(_EMBEDDING_PREFIXES):
-        return 0
-    block = _BLOCK.match(name)
-    if block:
-        return int(block.group(1)) + 1
-    return num_layers + 1
-
-
-def no_weight_decay(name: str, param: paddle.Tensor) -> bool:
-    """Whether `param` is exempt from weight decay: vectors and scalars (biases, norm weights,
-    layer-scale gamma, class embedding, logit_scale), any *_bias or norm parameter, and the
-    position embedding. Token embeddings and projection matrices do decay."""
-    parts = name.split(".")
-    return (
-        len(param.shape) <= 1
-        or parts[-1] in _NO_DECAY_LEAVES
-        or parts[-1].endswith("_bias")
-        or any(_NORM_PART.match(part) for part in parts[:-1])
-    )
-
-
-def _tower_depth(model: paddle.nn.Layer, tower: str) -> int:
-    return len(getattr(model, tower).transformer.resblocks)
 
 
 def parameter_groups(
@@ -78,11 +44,12 @@ def parameter_groups(
 ) -> List[dict]:
     """Trainable parameters grouped by (tower, layer id, decays?), EVA-CLIP style.
 
-    A parameter of tower T at layer id i (see layer_id) gets lr = T_lr * T_ld ** (L_T + 1 - i),
-    L_T being T's number of blocks; T_lr, T_wd, T_ld fall back to learning_rate, weight_decay,
+    A parameter of tower T at layer id i (T.layer_id(name): 0 for the stem, i for block i - 1, L_T + 1
+    after the blocks) gets lr = T_lr * T_ld ** (L_T + 1 - i), L_T being T.num_layers; T_lr, T_wd, T_ld fall back to learning_rate, weight_decay,
     layer_decay. Parameters outside both towers (logit_scale) get learning_rate. Each group is
     {"params", "param_names", "learning_rate": lr / learning_rate (Paddle's multiplier),
-    "weight_decay": T_wd or 0.0, "name": e.g. "visual.layer3.decay"}.
+    "weight_decay": T_wd or 0.0, "name": e.g. "visual.layer3.decay"}. The model declares which
+    parameters do not decay (`model.no_weight_decay()`, from its towers): nothing here reads names.
     """
     if learning_rate <= 0:
         raise ValueError(f"learning_rate must be > 0 (group lrs are multipliers of it), got {learning_rate}")
@@ -93,18 +60,19 @@ def parameter_groups(
         "text": (text_lr, text_wd, text_ld),
     }
     groups: Dict[str, dict] = {}
+    exempt = model.no_weight_decay()
     for name, param in model.named_parameters():
         if param.stop_gradient:
             continue
         tower, _, rest = name.partition(".")
-        decays = not no_weight_decay(name, param)
+        decays = name not in exempt
         if tower in TOWERS:
             lr, wd, ld = settings[tower]
             lr = learning_rate if lr is None else lr
             wd = weight_decay if wd is None else wd
             ld = layer_decay if ld is None else ld
-            depth = _tower_depth(model, tower)
-            layer = layer_id(rest, depth)
+            depth = getattr(model, tower).num_layers
+            layer = getattr(model, tower).layer_id(rest)
             lr *= ld ** (depth + 1 - layer)
             key = f"{tower}.layer{layer}"
         else:

@@ -1,6 +1,6 @@
 """CLIP (Radford et al. 2021) as in open_clip: ViT image tower + causal text tower + logit scale."""
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Set
 
 import paddle
 import paddle.nn as nn
@@ -44,6 +44,11 @@ class CLIP(PretrainedMixin, nn.Layer):
         """Recompute block activations in backward (activation memory ~ one block per tower)."""
         self.visual.set_recompute(enable)
         self.text.set_recompute(enable)
+
+    def no_weight_decay(self) -> Set[str]:
+        """Names of the parameters exempt from weight decay, as each tower declares them, and logit_scale."""
+        return {"logit_scale"} | {f"{tower}.{name}" for tower in ("visual", "text")
+                                  for name in getattr(self, tower).no_weight_decay()}
 
     def encode_image(self, image: paddle.Tensor, normalize: bool = False) -> paddle.Tensor:
         """image: [batch, 3, H, W] normalised -> [batch, embed_dim]."""

@@ -1,7 +1,8 @@
 """The two CLIP towers: an OpenAI-style ViT image encoder and a causal text transformer."""
 
 import math
-from typing import Tuple
+import re
+from typing import Set, Tuple
 
 import numpy as np
 import paddle
@@ -11,6 +12,7 @@ import paddle.nn.functional as F
 from ..configuration import TextConfig, VisionConfig
 from ..layers import AttentionalPooler, BlockOptions, Transformer, causal_mask, rope_rotations, rope_sin_cos
 from ..layers.norm import layer_norm
+from ..layers.parameter_roles import lock_groups, vectors_and
 from ..layers.parallel import vocab_embedding
 
 Normal = nn.initializer.Normal
@@ -63,6 +65,13 @@ def vision_block_options(cfg: VisionConfig, quick_gelu: bool, tensor_parallel_de
         fused_bias_gelu=cfg.fused_bias_gelu,
         tensor_parallel_degree=tensor_parallel_degree,
     )
+
+
+def _layer_id(name: str, stem_prefixes: Tuple[str, ...], num_layers: int) -> int:
+    if name.startswith(stem_prefixes):
+        return 0
+    block = re.match(r"transformer\.resblocks\.(\d+)\.", name)
+    return int(block.group(1)) + 1 if block else num_layers + 1
 
 
 class VisionTransformer(nn.Layer):
@@ -119,6 +128,28 @@ class VisionTransformer(nn.Layer):
     def set_recompute(self, enable: bool = True) -> None:
         """Recompute block activations in backward (activation memory ~ one block)."""
         self.transformer.recompute = enable
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.transformer.resblocks)
+
+    def layer_id(self, name: str) -> int:
+        """Depth of a tower-relative parameter name: 0 for the stem (patch, class and position
+        embeddings, ln_pre), i + 1 for block i, num_layers + 1 after the blocks."""
+        return _layer_id(name, ("conv1.", "class_embedding", "positional_embedding", "ln_pre."), self.num_layers)
+
+    def no_weight_decay(self) -> Set[str]:
+        return vectors_and(self, ("positional_embedding", "class_embedding"))
+
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """open_clip's VisionTransformer.lock: everything frozen but the last `unlocked_layers` of the
+        groups [stem], block 0, ..., [last block, attentional pooler, ln_post], [projection]. (Its
+        freeze_bn_stats has no BatchNorm to act on here.)"""
+        blocks = list(self.transformer.resblocks)
+        stem = [self.conv1, self.class_embedding, self.positional_embedding, self.ln_pre]
+        head = [blocks[-1], *([self.attn_pool] if self.attn_pool is not None else []), self.ln_post]
+        projection = [self.proj, *([self.proj_bias] if self.proj_bias is not None else [])]
+        lock_groups([stem, *blocks[:-1], head, projection], unlocked_layers)
 
     def forward(self, image: paddle.Tensor) -> paddle.Tensor:
         """image: [batch, 3, H, W] normalised float -> pooled features [batch, output_dim]."""
@@ -209,6 +240,29 @@ class TextTransformer(nn.Layer):
     def set_recompute(self, enable: bool = True) -> None:
         """Recompute block activations in backward (activation memory ~ one block)."""
         self.transformer.recompute = enable
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.transformer.resblocks)
+
+    def layer_id(self, name: str) -> int:
+        """Depth of a tower-relative parameter name: 0 for the token, position and CLS embeddings,
+        i + 1 for block i, num_layers + 1 after the blocks (ln_final, projection)."""
+        return _layer_id(name, ("token_embedding.", "positional_embedding", "cls_emb"), self.num_layers)
+
+    def no_weight_decay(self) -> Set[str]:
+        return vectors_and(self, ("positional_embedding", "cls_emb"))
+
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """open_clip's lock_text_tower: everything frozen but the last `unlocked_layers` of the groups
+        [embeddings], block 0, ..., [last block, ln_final], [projection]. LayerNorms are frozen with
+        their group, as open_clip does (it refuses freeze_layer_norm=False)."""
+        if not freeze_layer_norm:
+            raise ValueError("--lock_text_freeze_layer_norm false: a 'clip' text tower freezes its LayerNorms with "
+                             "their layers, as open_clip's does")
+        blocks = list(self.transformer.resblocks)
+        embeddings = [self.token_embedding, self.positional_embedding, *([self.cls_emb] if self.cls_emb is not None else [])]
+        lock_groups([embeddings, *blocks[:-1], [blocks[-1], self.ln_final], [self.text_projection]], unlocked_layers)
 
     def key_padding_mask(self, input_ids: paddle.Tensor, dtype) -> paddle.Tensor:
         """[batch, 1, 1, length + 1] additive mask of the CLS-token layout: key j is masked (-inf) when

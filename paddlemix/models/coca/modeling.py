@@ -1,7 +1,7 @@
 """CoCa (Yu et al. 2022, "Contrastive Captioners") as in open_clip: CLIP's towers with attentional
 pooling and an appended CLS token, plus a captioning decoder that reads the image tokens."""
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 import numpy as np
 import paddle
@@ -10,6 +10,7 @@ import paddle.nn.functional as F
 from ..clip.modeling import CLIP
 from ..configuration import CoCaConfig
 from ..layers import KVCache
+from ..layers.parameter_roles import vectors_and
 from .decoder import MultimodalDecoder
 from .generation import GenerationConfig, generate_tokens
 
@@ -50,6 +51,9 @@ class CoCa(CLIP):
     def set_recompute(self, enable: bool = True) -> None:
         super().set_recompute(enable)
         self.text_decoder.recompute = enable
+
+    def no_weight_decay(self) -> Set[str]:
+        return super().no_weight_decay() | {f"text_decoder.{name}" for name in vectors_and(self.text_decoder)}
 
     def forward(
         self,
