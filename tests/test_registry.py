@@ -1,7 +1,8 @@
 """The registry is PaddleMIX's published zoo: names, architectures and parameter counts equal to
 open_clip's, preprocessing as each model was trained, PaddleMIX's download URL per name.
 
-open_clip's facts come from tests/fixtures/registry_reference.json (tests/fixtures/make_registry_fixtures.py).
+open_clip's facts come from tests/fixtures/registry_reference.json (tests/fixtures/make_registry_fixtures.py);
+the names with a pretrained-language-model text tower are checked by tests/test_registry_text_towers.py.
 """
 
 import json
@@ -21,6 +22,8 @@ from paddlemix.processors import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, image_
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "registry_reference.json").read_text())
 OPEN_CLIP = {name: facts for name, facts in REFERENCE.items() if not name.startswith("_")}
+TEXT_TOWER_NAMES = sorted(name for name in json.loads(
+    (Path(__file__).parent / "fixtures" / "text_tower_registry_reference.json").read_text()) if not name.startswith("_"))
 
 # The model names of PaddleMIX's zoo tables: paddlemix/examples/{clip,evaclip,coca}/README.md.
 PADDLEMIX_PUBLISHED = {
@@ -49,11 +52,11 @@ DFN5B_H14_224_PARAMETERS = 986_109_441
 DFN5B_H14_378_PARAMETERS = 986_714_881
 
 
-def test_registry_is_paddlemix_published_zoo_plus_four_open_clip_architectures():
+def test_registry_is_paddlemix_published_zoo_plus_architecture_names():
     assert len(PUBLISHED_NAMES) == 25
-    assert sorted(list_models()) == sorted(PUBLISHED_NAMES + ARCHITECTURE_NAMES)
-    assert ARCHITECTURE_ONLY_NAMES == set(ARCHITECTURE_NAMES)
-    assert set(OPEN_CLIP) == set(list_models()), "the open_clip fixture covers every registry name"
+    assert sorted(list_models()) == sorted(PUBLISHED_NAMES + ARCHITECTURE_NAMES + TEXT_TOWER_NAMES)
+    assert ARCHITECTURE_ONLY_NAMES == set(ARCHITECTURE_NAMES + TEXT_TOWER_NAMES)
+    assert set(OPEN_CLIP) | set(TEXT_TOWER_NAMES) == set(list_models()), "the fixtures cover every registry name"
 
 
 @pytest.mark.parametrize("name", sorted(OPEN_CLIP))

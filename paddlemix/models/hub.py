@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..utils.log import logger
-from .registry import ARCHITECTURE_ONLY_NAMES, open_clip_name
+from .registry import ARCHITECTURE_ONLY_NAMES, conversion_hint
 
 WEIGHTS_NAME = "model_state.pdparams"
 # PaddleMIX publishes its converted checkpoints under this prefix, as <prefix>/<registry name>/<file>:
@@ -78,20 +78,19 @@ def cached_weights_file(name: str) -> Path:
     target = cached_weights_path(name)
     if target.is_file():
         return target
-    convert = (f"python -m paddlemix.tools.convert --source open_clip --model {name} --checkpoint FILE "
-               f"--output {target.parent}")
+    convert = conversion_hint(name, target.parent)
     url = weights_url(name)
     if url is None:
         raise ModelFilesNotFoundError(
             f"'{name}' is an architecture without published weights, and {target} does not exist. Convert "
-            f"a checkpoint of open_clip's '{open_clip_name(name)}' into it ({convert}), pass a local model "
-            f"directory, or use a published name (`python -m paddlemix.cli models` lists them)"
+            f"{convert} into it, pass a local model directory, or use a published name "
+            f"(`python -m paddlemix.cli models` lists them)"
         )
     download_or_explain(
         url,
         target,
         f"cannot get the weights of '{name}': {target} does not exist. Put {WEIGHTS_NAME} in {target.parent} "
-        f"(or set $PPMIX_HOME), pass a local model directory instead, or convert a checkpoint: {convert}",
+        f"(or set $PPMIX_HOME), pass a local model directory instead, or convert {convert}",
         ModelFilesNotFoundError,
     )
     return target

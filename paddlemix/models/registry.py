@@ -1,10 +1,11 @@
 """Registry names (`paddlemix/<Family>/<Name>`) map to one packaged JSON config each.
 
-The names are PaddleMIX's published zoo (its examples/{clip,evaclip,coca}/README.md), plus four open_clip
-architecture names under which nothing is published (for converting open_clip checkpoints). Each
-config holds the architecture (as open_clip's config of the same model) and `preprocess_cfg` (as
-open_clip's pretrained.py gives for those weights); the download URL follows from the name
-(`hub.weights_url`).
+The names are PaddleMIX's published zoo (its examples/{clip,evaclip,coca}/README.md), plus architecture
+names under which nothing is published, to convert other projects' checkpoints into: four open_clip
+CLIP architectures, open_clip's three CLIPs with a pretrained-language-model text tower (RoBERTa,
+XLM-RoBERTa), and transformers' CLIP-RoBERTa dual encoder. Each config holds the architecture (as its
+producer's config of the same model) and `preprocess_cfg` (as open_clip's pretrained.py gives for
+those weights); the download URL follows from the name (`hub.weights_url`).
 """
 
 import difflib
@@ -14,14 +15,24 @@ from typing import List, Optional, Sequence, Tuple
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 NAME_PREFIX = "paddlemix/"
-# open_clip architecture names kept in the registry to convert open_clip checkpoints into; PaddleMIX
+# Architecture names kept in the registry to convert other projects' checkpoints into; PaddleMIX
 # publishes no weights under them (its README zoo tables list the published names).
 ARCHITECTURE_ONLY_NAMES = frozenset({
     "paddlemix/CLIP/ViT-B-32",
     "paddlemix/CLIP/ViT-B-16",
     "paddlemix/CLIP/ViT-L-14",
     "paddlemix/CLIP/ViT-L-14-336",
+    "paddlemix/CLIP/roberta-ViT-B-32",
+    "paddlemix/CLIP/xlm-roberta-base-ViT-B-32",
+    "paddlemix/CLIP/xlm-roberta-large-ViT-H-14",
+    "paddlemix/CLIP/clip-roberta",
 })
+# Architecture names whose producer is transformers, not open_clip: the model its folders hold (the
+# contrastive-image-text example's `save_clip_roberta.py` step); `convert --source hf` reads them.
+TRANSFORMERS_ARCHITECTURES = {
+    "paddlemix/CLIP/clip-roberta": "VisionTextDualEncoderModel (from_vision_text_pretrained of "
+                                   "openai/clip-vit-base-patch32 and FacebookAI/roberta-base)",
+}
 # open_clip's model name for each registry name's architecture where it differs from the last part of
 # the name; DFN weights were trained with QuickGELU, open_clip's `-quickgelu` configs.
 OPEN_CLIP_EQUIVALENTS = {
@@ -67,6 +78,16 @@ def list_models() -> List[str]:
 def open_clip_name(name: str) -> str:
     """open_clip's model name for the architecture of registry name `name`."""
     return OPEN_CLIP_EQUIVALENTS.get(name, name.split("/")[-1])
+
+
+def conversion_hint(name: str, output: Path) -> str:
+    """Which checkpoint of another project holds registry name `name`'s architecture, and the command
+    that converts it into `output`."""
+    if name in TRANSFORMERS_ARCHITECTURES:
+        return (f"a transformers {TRANSFORMERS_ARCHITECTURES[name]} save_pretrained folder, with its tokenizer files "
+                f"(python -m paddlemix.tools.convert --source hf --checkpoint FOLDER --output {output})")
+    return (f"a checkpoint of open_clip's '{open_clip_name(name)}' (python -m paddlemix.tools.convert --source "
+            f"open_clip --model {name} --checkpoint FILE --output {output})")
 
 
 def config_file(name: str) -> Path:
