@@ -22,6 +22,7 @@ import ftfy
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from ..utils.tokenizer_files import copy_tokenizer_files
 from .constants import DEFAULT_CONTEXT_LENGTH
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -335,6 +336,12 @@ class HFTokenizer:
         self.clean = clean
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         self._num_special_tokens = tokenizer.num_special_tokens_to_add(is_pair=False)
+        self.folder: Optional[Path] = None  # the checkpoint folder it was read from
+
+    def save_pretrained(self, directory: Union[str, Path]) -> List[str]:
+        """Copy the tokenizer files it was read from into `directory` (beside a model's weights, so the
+        folder stays loadable on its own); the names copied."""
+        return copy_tokenizer_files(self.folder, directory) if self.folder is not None else []
 
     @classmethod
     def from_folder(cls, folder: Union[str, Path], context_length: int = DEFAULT_CONTEXT_LENGTH,
@@ -344,8 +351,10 @@ class HFTokenizer:
         tokenizer, names, clean_up = _read_folder(folder)
         # Every special token is in the vocabulary or an added token by now, as transformers makes it.
         pad_id, sot_id, eot_id = (tokenizer.token_to_id(names[a]) for a in ("pad_token", "cls_token", "sep_token"))
-        return cls(tokenizer, pad_id, sot_id, eot_id, context_length=context_length, clean=clean,
-                   clean_up_tokenization_spaces=clean_up)
+        loaded = cls(tokenizer, pad_id, sot_id, eot_id, context_length=context_length, clean=clean,
+                     clean_up_tokenization_spaces=clean_up)
+        loaded.folder = folder
+        return loaded
 
     def _cleaned(self, text: str) -> str:
         return clean_whitespace(text) if self.clean == "whitespace" else text

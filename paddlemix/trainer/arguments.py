@@ -28,7 +28,16 @@ class ModelArguments:
     )
     context_length: Optional[int] = field(default=None, metadata={"help": "text tokens (default: the model's)"})
     lock_image: bool = field(default=False, metadata={"help": "freeze the image tower (LiT)"})
+    lock_image_unlocked_groups: int = field(
+        default=0, metadata={"help": "--lock_image: leave the last N layer groups trainable (open_clip's groups)"}
+    )
     lock_text: bool = field(default=False, metadata={"help": "freeze the text tower"})
+    lock_text_unlocked_layers: int = field(
+        default=0, metadata={"help": "--lock_text: leave the last N layers trainable (open_clip's)"}
+    )
+    lock_text_freeze_layer_norm: bool = field(
+        default=True, metadata={"help": "--lock_text: freeze the LayerNorms of locked layers too"}
+    )
     coca_caption_loss_weight: Optional[float] = field(
         default=None, metadata={"help": "CoCa: weight of the captioning loss (default 2.0; CoCa models only)"}
     )
@@ -81,12 +90,29 @@ class CLIPTrainingArguments(TrainingArguments):
 
 
 PARSER_CLASSES = (ModelArguments, DataArguments, CLIPTrainingArguments)
+# Other projects' spellings of our flags: HF transformers' run_clip.py (the CLIP-on-COCO guide).
+FLAG_ALIASES = {"--model_name_or_path": "--model", "--max_seq_length": "--context_length"}
+
+
+def _resolve_aliases(argv: List[str]) -> List[str]:
+    """argv with each alias spelled as its flag; a flag given under two spellings is refused."""
+    resolved, seen = [], {}
+    for token in argv:
+        flag, equals, value = token.partition("=")
+        if token.startswith("--"):
+            canonical = FLAG_ALIASES.get(flag, flag)
+            if canonical in seen and seen[canonical] != flag:
+                raise SystemExit(f"error: {seen[canonical]} and {flag} are the same setting; give one of them")
+            seen[canonical] = flag
+            token = canonical + equals + value
+        resolved.append(token)
+    return resolved
 
 
 def parse_arguments(argv: Optional[Sequence[str]] = None, classes: Tuple = PARSER_CLASSES) -> Tuple:
     """Parse flags into `classes` (default: the trainer's model / data / training arguments); an
     unknown flag fails naming the closest valid ones."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _resolve_aliases(list(sys.argv[1:] if argv is None else argv))
     parser = PdArgumentParser(classes)
     known = [option for action in parser._actions for option in action.option_strings]
     unknown = [token.split("=")[0] for token in argv if token.startswith("--") and token.split("=")[0] not in known]

@@ -18,6 +18,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARKER = "checkpoint_complete"  # written last: a checkpoint without it is partial and ignored
 TRAINER_STATE = "paddlemix_state.json"  # the data position, beside PaddleNLP's own trainer state
 PADDLENLP_STATE = "trainer_state.json"  # PaddleNLP's: global_step among others
+RESULTS_LOG = "results.jsonl"  # one JSON line per logging step
 
 
 def complete_checkpoints(output_dir: str) -> List[Path]:
@@ -53,6 +54,19 @@ def resolve_resume(resume_from_checkpoint: Optional[str], output_dir: str) -> Op
             f"interrupted leaves such a directory). Complete ones: {[p.name for p in complete_checkpoints(output_dir)]}"
         )
     return str(path)
+
+
+def remove_previous_run(output_dir: str) -> None:
+    """Remove an earlier run's checkpoints (complete or partial) and training log from `output_dir`."""
+    root = Path(output_dir)
+    old = sorted(root.glob(f"{CHECKPOINT_PREFIX}*")) + [path for path in (root / RESULTS_LOG,) if path.exists()]
+    if old:
+        logger.warning("--overwrite_output_dir: removing the earlier run's %s", ", ".join(p.name for p in old))
+    for path in old:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def checkpoint_step(checkpoint: str) -> int:

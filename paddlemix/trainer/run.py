@@ -24,7 +24,7 @@ from ..utils.log import logger, warn_once
 from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
 from .evaluation import TrainingEvaluation
 from .platform import check_platform
-from .checkpoints import resolve_resume
+from .checkpoints import complete_checkpoints, remove_previous_run, resolve_resume
 from .trainer import CLIPTrainer
 
 
@@ -39,10 +39,10 @@ def build_model(model_args: ModelArguments, args: CLIPTrainingArguments):
         donor = AutoModel.from_pretrained(resolve_model_name(model_args.pretrained_text_model)).text
         load_state_dict_strict(model.text, donor.state_dict(),
                                source=f"--pretrained_text_model {model_args.pretrained_text_model} (text tower)")
-    for tower, locked in (("visual", model_args.lock_image), ("text", model_args.lock_text)):
-        if locked:
-            for param in getattr(model, tower).parameters():
-                param.stop_gradient = True
+    if model_args.lock_image:
+        model.visual.lock(model_args.lock_image_unlocked_groups)
+    if model_args.lock_text:
+        model.text.lock(model_args.lock_text_unlocked_layers, model_args.lock_text_freeze_layer_norm)
     model.set_recompute(args.recompute)
     return model
 
@@ -72,20 +72,46 @@ def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[s
         evaluation = TrainingEvaluation(data_args.classification_eval, retrieval, args.per_device_eval_batch_size,
                                         args.dataloader_num_workers, tokenizer)
     trainer = CLIPTrainer(model, args, dataset, tokenizer, loss_of(model, model_args, args), evaluation)
-    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    resume = resume_point(args)
     if resume:
         logger.info("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=resume)
     if trainer.preemption.requested:
         return trainer
     final = Path(args.output_dir) / WEIGHTS_NAME
     if trainer.finished_before and final.is_file():
         logger.info("%s is the final model of this complete run: left as it is", final)
         return trainer
-    trainer.evaluate()  # the final model (once: a step already evaluated is not evaluated again)
+    metrics = trainer.evaluate()  # the final model (once: a step already evaluated is not evaluated again)
     if args.should_save:
         model.save_pretrained(args.output_dir)
+        tokenizer.save_pretrained(args.output_dir)
+    trainer.save_metrics("train", result.metrics)  # train_results.json and all_results.json, as HF's run_clip.py
+    if metrics:
+        trainer.save_metrics("eval", metrics)
     return trainer
+
+
+def resume_point(args: CLIPTrainingArguments) -> Optional[str]:
+    """The checkpoint to resume from, by the rule of HF's run_clip.py: --resume_from_checkpoint if given
+    (see checkpoints.resolve_resume); else, unless --overwrite_output_dir, the latest complete
+    checkpoint in --output_dir. --overwrite_output_dir starts over, removing the old run's checkpoints
+    and log so that nothing of it is mistaken for this run's."""
+    if args.overwrite_output_dir:
+        if args.resume_from_checkpoint:
+            raise ValueError(f"--overwrite_output_dir starts over and --resume_from_checkpoint "
+                             f"{args.resume_from_checkpoint} continues: give one of them")
+        if args.should_save:
+            remove_previous_run(args.output_dir)
+        return None
+    if args.resume_from_checkpoint:
+        return resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    found = complete_checkpoints(args.output_dir)
+    if found:
+        logger.info("%s holds checkpoints of an earlier run: continuing it (pass --overwrite_output_dir to start "
+                    "over)", args.output_dir)
+        return str(found[-1])
+    return None
 
 
 def validation_split(data_args: DataArguments):

@@ -22,12 +22,12 @@ from ..models.weights_file import read_pdparams
 from ..utils.distributed import get_world_size
 from ..utils.log import logger
 from .checkpoints import (
-    CHECKPOINT_PREFIX, COMPLETE_MARKER, TRAINER_STATE, check_same_batch, checkpoint_step, complete_checkpoints,
+    CHECKPOINT_PREFIX, COMPLETE_MARKER, RESULTS_LOG, TRAINER_STATE, check_same_batch, checkpoint_step,
+    complete_checkpoints,
     remove_old_checkpoints,
 )
 from .optimization import build_optimizer, cosine_schedule, group_learning_rates
 
-RESULTS = "results.jsonl"
 WATCHED_OUTPUTS = ("image_features", "text_features", "logit_scale", "logits")  # checked for NaN/inf every step
 
 
@@ -395,7 +395,7 @@ class CLIPTrainer(Trainer):
             logs.update(self._training_figures(logs))
         super().log(logs, **kwargs)
         if self.args.should_save:
-            with open(Path(self.args.output_dir) / RESULTS, "a", encoding="utf-8") as handle:
+            with open(Path(self.args.output_dir) / RESULTS_LOG, "a", encoding="utf-8") as handle:
                 handle.write(json_record(dict(logs, step=self.state.global_step)) + "\n")
 
     def _training_figures(self, logs: Dict[str, float]) -> Dict[str, float]:

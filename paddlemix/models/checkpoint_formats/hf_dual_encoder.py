@@ -11,12 +11,13 @@ weights both ways (copy_tokenizer_files).
 
 import dataclasses
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from ..clip.paddlenlp_tower import ENCODERS, PaddleNLPTextConfig
 from ..configuration import CLIPConfig
+from ...utils.tokenizer_files import TOKENIZER_FILES
+from ...utils.tokenizer_files import copy_tokenizer_files as copy_files
 from .common import State, invert_rules, rename
 from .hf import (ACTIVATIONS, DUAL_ENCODER_TYPE, hf_vision_config, rename_clip, to_hf, vision_cfg_from_hf,
                  warn_unclamped_logit_scale)
@@ -34,9 +35,6 @@ DUAL_ENCODER_RENAMES: List[Tuple[str, str]] = [
     (r"^text_projection\.weight$", "text.proj.weight"),
 ]
 PADDLEMIX_TO_DUAL_ENCODER = invert_rules(DUAL_ENCODER_RENAMES)
-# The slow and fast tokenizer files of the BERT family's tokenizers (BPE, SentencePiece, WordPiece).
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "sentencepiece.bpe.model", "vocab.txt", "tokenizer.json",
-                   "tokenizer_config.json", "special_tokens_map.json")
 
 
 def dual_encoder_config_from_hf(values: Dict[str, Any], where: str) -> CLIPConfig:
@@ -111,9 +109,7 @@ def copy_tokenizer_files(config: CLIPConfig, source: Path, output: Path) -> List
     `source` (a folder) has into `output`; the names copied. Other text towers copy nothing."""
     if config.text_cfg.kind != "paddlenlp":
         return []
-    copied = [name for name in TOKENIZER_FILES if (source / name).is_file()]
-    for name in copied:
-        shutil.copyfile(source / name, output / name)
+    copied = copy_files(source, output)
     if not copied:
         logger.warning("%s has no tokenizer files (%s): copy the text encoder's into %s", source,
                        ", ".join(TOKENIZER_FILES), output)
