@@ -15,7 +15,7 @@ import pytest
 from paddlemix import AutoConfig, AutoModel
 from paddlemix.data.synthetic import COLOURS
 from paddlemix.evaluation import retrieval_metrics
-from paddlemix.evaluation.evaluate import run_zero_shot_eval
+from paddlemix.tools.zero_shot_eval import run_zero_shot_eval
 from paddlemix.processors import SimpleTokenizer, image_transform
 
 from trainer_helpers import REPO_ROOT

@@ -23,7 +23,7 @@ from ..processors.image_transforms import image_transform_for
 from ..utils.log import logger, warn_once
 from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
 from .evaluation import TrainingEvaluation
-from .platform import check_platform
+from ..utils.platform import check_platform
 from .checkpoints import complete_checkpoints, remove_previous_run, resolve_resume
 from .trainer import CLIPTrainer
 

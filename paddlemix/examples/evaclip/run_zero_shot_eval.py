@@ -4,7 +4,7 @@
         --classification_eval IN_1K_DIR --retrieval_eval coco --per_device_eval_batch_size 64 --output_dir OUT
 """
 
-from paddlemix.evaluation.evaluate import run_zero_shot_eval
+from paddlemix.tools.zero_shot_eval import run_zero_shot_eval
 from paddlemix.utils.distributed import run_script
 from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
 

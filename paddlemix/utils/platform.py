@@ -4,12 +4,12 @@ import os
 
 import paddle
 
-from ..utils.log import logger, warn_once
-from .arguments import CLIPTrainingArguments
+from .log import logger, warn_once
 
 
-def check_platform(args: CLIPTrainingArguments) -> None:
-    """Refuse what this device cannot do, at start-up; say once what will silently not happen."""
+def check_platform(args) -> None:
+    """Refuse what this device cannot do, at start-up; say once what will silently not happen.
+    args: the parsed (PaddleNLP) TrainingArguments of the trainer or the evaluator."""
     on_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
     if not on_gpu:
         # Paddle runs one intra-op thread unless told otherwise; share the cores among the processes.
