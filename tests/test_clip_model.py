@@ -65,7 +65,7 @@ def test_from_pretrained_offline_says_where_to_put_weights(tmp_path, monkeypatch
     def offline(url, timeout):
         raise urllib.error.URLError("network is unreachable")
 
-    monkeypatch.setattr(hub.urllib.request, "urlopen", offline)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
     name = "paddlemix/CLIP/CLIP-ViT-B-32-laion2B-s34B-b79K"  # published by PaddleMIX: downloaded when absent
     with pytest.raises(hub.ModelFilesNotFoundError) as info:
         AutoModel.from_pretrained(name)

@@ -47,7 +47,7 @@ def test_missing_coco_root_offline_says_where_to_put_the_files(tmp_path, monkeyp
     def offline(url, timeout):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr("paddlemix.models.hub.urllib.request.urlopen", offline)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(FileNotFoundError, match=r"coco_karpathy_\{train,val,test\}\.json") as info:
         coco_root()
     assert str(tmp_path / "datasets" / "coco") in str(info.value)

@@ -99,7 +99,7 @@ def no_network(monkeypatch, tmp_path):
         requested.append(url)
         raise urllib.error.URLError("network is unreachable")
 
-    monkeypatch.setattr(hub.urllib.request, "urlopen", offline)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
     return requested
 
 

@@ -19,7 +19,7 @@ from typing import Optional
 
 import paddle
 
-from ..models.hub import ppmix_home
+from ..utils.hub import ppmix_home
 from ..utils.log import logger
 from .build_flags import CXX_FLAGS, MODULE_NAME, NVCC_FLAGS, SOURCE_DIRECTORY, link_flags, source_paths
 

@@ -1,14 +1,9 @@
 """Where model files live: a local directory, the `$PPMIX_HOME` cache, or the PaddleMIX community URL."""
 
-import os
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from ..utils.log import logger
+from ..utils.hub import download_or_explain, ppmix_home
 from .registry import ARCHITECTURE_ONLY_NAMES, conversion_hint
 
 WEIGHTS_NAME = "model_state.pdparams"
@@ -17,12 +12,6 @@ WEIGHTS_NAME = "model_state.pdparams"
 # "https://bj.bcebos.com/paddlenlp" + "/models/community/{repo_id}/{filename}" (paddlenlp/utils/download/
 # bos_download.py; also COMMUNITY_MODEL_PREFIX in paddlemix/utils/downloader.py).
 COMMUNITY_URL = "https://bj.bcebos.com/paddlenlp/models/community"
-DOWNLOAD_TIMEOUT_S = 30
-
-
-def ppmix_home() -> Path:
-    """The cache root: `$PPMIX_HOME`, default `~/.paddlemix`."""
-    return Path(os.environ.get("PPMIX_HOME", Path.home() / ".paddlemix")).expanduser()
 
 
 def model_cache_dir(name: str) -> Path:
@@ -40,29 +29,6 @@ def weights_url(name: str) -> Optional[str]:
     if name in ARCHITECTURE_ONLY_NAMES:
         return None
     return f"{COMMUNITY_URL}/{name}/{WEIGHTS_NAME}"
-
-
-def download_file(url: str, destination: Path) -> None:
-    """Fetch `url` to `destination` atomically: a broken transfer never leaves a partial file."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=destination.name, delete=False) as partial:
-        try:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                shutil.copyfileobj(response, partial)
-        except BaseException:
-            os.unlink(partial.name)
-            raise
-    os.replace(partial.name, destination)
-
-
-def download_or_explain(url: str, target: Path, explanation: str, error_type=FileNotFoundError) -> None:
-    """Download `url` to `target`; offline or failing, raise `error_type` with `explanation` (where to
-    put the files instead) and the reason."""
-    logger.info("downloading %s to %s", url, target)
-    try:
-        download_file(url, target)
-    except (urllib.error.URLError, OSError) as err:
-        raise error_type(f"{explanation} (the download from {url} failed: {err})") from err
 
 
 class ModelFilesNotFoundError(FileNotFoundError):
