@@ -126,7 +126,7 @@ class InferenceModel(paddle.nn.Layer):
 
     def __init__(self, export_dir: Union[str, Path], precision: str = "fp32", threads: Optional[int] = None):
         super().__init__()
-        from .auto import MODEL_TYPES
+        from .models.auto import MODEL_TYPES
 
         self.export_dir = Path(export_dir)
         self.encoders = InferenceEncoders(export_dir, precision, threads)
@@ -161,7 +161,7 @@ def load_model(name_or_dir: str, backend: str = "eager", precision: str = "fp32"
     """The eager model (a registry name or model directory), or with backend 'inference' the model
     exported to `name_or_dir` by `paddlemix.tools.export`, behind the same interface."""
     if backend == "eager":
-        from .auto import AutoModel
+        from .models.auto import AutoModel
         from .models.registry import resolve_model_name
 
         return AutoModel.from_pretrained(resolve_model_name(name_or_dir))

@@ -121,7 +121,7 @@ def describe_models(names: Optional[Sequence[str]] = None) -> List[ModelInfo]:
     paddle.LazyGuard(), so nothing is allocated."""
     import paddle
 
-    from ..auto import AutoConfig, AutoModel  # the model classes, which import this module
+    from .auto import AutoConfig, AutoModel  # the model classes, which import this module
     from .hub import cached_weights_path, weights_url
     from .modeling_utils import parameter_count
 

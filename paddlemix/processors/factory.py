@@ -13,6 +13,7 @@ A tokenizer is called as `tokenizer(texts) -> int64 [N, context_length]`, and ha
 from pathlib import Path
 from typing import Callable, Dict, Optional, Union
 
+from ..models.auto import AutoConfig
 from ..models.hub import model_cache_dir
 from .tokenizer import SimpleTokenizer
 
@@ -44,8 +45,6 @@ def tokenizer_folder(config) -> Path:
 
 def _config_of(model_or_name):
     if isinstance(model_or_name, (str, Path)):
-        from ..auto import AutoConfig  # auto imports this package
-
         return AutoConfig.from_pretrained(model_or_name)
     return getattr(model_or_name, "config", model_or_name)
 

@@ -1,12 +1,14 @@
 """One callable that turns images and captions into model inputs."""
 
+from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import paddle
 
-from .image_transforms import image_transform, preprocess_options
+from ..models.auto import AutoConfig
 from .factory import get_tokenizer
+from .image_transforms import image_transform, preprocess_options
 
 
 class CLIPProcessor:
@@ -46,3 +48,10 @@ class CLIPProcessor:
         if return_tensors == "pd":
             outputs = {key: paddle.to_tensor(value) for key, value in outputs.items()}
         return outputs
+
+
+class AutoProcessor:
+    @staticmethod
+    def from_pretrained(name_or_dir: Union[str, Path]) -> CLIPProcessor:
+        """Tokenizer + image transforms sized for the model's config."""
+        return CLIPProcessor.from_config(AutoConfig.from_pretrained(name_or_dir))

@@ -35,7 +35,7 @@ from typing import Dict, Optional
 import numpy as np
 import paddle
 
-from ..auto import MODEL_TYPES, AutoConfig, AutoModel
+from ..models.auto import MODEL_TYPES, AutoConfig, AutoModel
 from ..models.clip.towers import resample_positional_embedding
 from ..models.configuration import CLIPConfig
 from ..models.modeling_utils import parameter_count

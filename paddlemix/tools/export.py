@@ -26,7 +26,7 @@ from typing import Union
 
 import paddle
 
-from ..auto import AutoConfig, AutoModel
+from ..models.auto import AutoConfig, AutoModel
 from ..models.layers.kernels import export_kernels
 from ..utils.log import logger
 
