@@ -1,6 +1,7 @@
 """Model families, their shared layers, configs, registry and losses."""
 
 from .clip import CLIP
+from .clip.dual_encoder import DualEncoder
 from .coca import CoCa, CoCaLoss
 from .configuration import CLIPConfig, CoCaConfig, MultimodalConfig, TextConfig, VisionConfig
 from .loss import ClipLoss
@@ -14,6 +15,7 @@ __all__ = [
     "CoCa",
     "CoCaConfig",
     "CoCaLoss",
+    "DualEncoder",
     "MultimodalConfig",
     "TextConfig",
     "UnknownModelError",

@@ -260,8 +260,6 @@ def hf_config_from_clip(config: CLIPConfig) -> Dict[str, Any]:
 def read_hf_folder(directory: Path) -> Tuple[CLIPConfig, State]:
     """A transformers `save_pretrained` folder of a CLIPModel or VisionTextDualEncoderModel ->
     (paddlemix config, its state dict as saved)."""
-    from safetensors.numpy import load_file
-
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"--checkpoint {directory}: no config.json; give a transformers save_pretrained folder")
@@ -281,17 +279,23 @@ def read_hf_folder(directory: Path) -> Tuple[CLIPConfig, State]:
             config.preprocess_cfg, mean=values.get("image_mean", config.preprocess_cfg.mean),
             std=values.get("image_std", config.preprocess_cfg.std),
             interpolation=resample or config.preprocess_cfg.interpolation)
+    return config, read_hf_weights(directory)
+
+
+def read_hf_weights(directory: Path) -> State:
+    """The state dict of a transformers `save_pretrained` folder: model.safetensors, or the shards its
+    index names; ValueError for torch pickles (.bin), which are not read."""
+    from safetensors.numpy import load_file
+
     index = directory / "model.safetensors.index.json"
     if index.is_file():  # sharded: weight_map names each tensor's file
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state = {k: v for shard in shards for k, v in load_file(str(directory / shard)).items()}
-    elif (directory / "model.safetensors").is_file():
-        state = load_file(str(directory / "model.safetensors"))
-    else:
-        pickles = sorted(p.name for p in directory.glob("*.bin")) or ["no weights"]
-        raise ValueError(
-            f"--checkpoint {directory}: no model.safetensors (found {', '.join(pickles)}); torch pickles are not "
-            "read, as loading them can run code. Re-save the model as safetensors with transformers: "
-            "AutoModel.from_pretrained(DIR).save_pretrained(NEW_DIR, safe_serialization=True)"
-        )
-    return config, state
+        return {k: v for shard in shards for k, v in load_file(str(directory / shard)).items()}
+    if (directory / "model.safetensors").is_file():
+        return load_file(str(directory / "model.safetensors"))
+    pickles = sorted(p.name for p in directory.glob("*.bin")) or ["no weights"]
+    raise ValueError(
+        f"--checkpoint {directory}: no model.safetensors (found {', '.join(pickles)}); torch pickles are not "
+        "read, as loading them can run code. Re-save the model as safetensors with transformers: "
+        "AutoModel.from_pretrained(DIR).save_pretrained(NEW_DIR, safe_serialization=True)"
+    )

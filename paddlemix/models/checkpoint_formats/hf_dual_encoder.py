@@ -54,18 +54,25 @@ def dual_encoder_config_from_hf(values: Dict[str, Any], where: str) -> CLIPConfi
                         f"{', '.join(ENCODERS)}")
     if problems:
         raise ValueError(f"{where}: cannot be expressed as a paddlemix CLIP: " + "; ".join(problems))
-    try:
-        text_cfg = PaddleNLPTextConfig(encoder=encoder, encoder_config=text_values, pooler_type="pooler_output",
-                                       proj_type="linear", context_length=1)
-    except ValueError as err:
-        raise ValueError(f"{where}: text_config: {err}") from err
     return CLIPConfig(
         embed_dim=top["projection_dim"],
         vision_cfg=vision_cfg,
-        text_cfg=dataclasses.replace(text_cfg, context_length=min(CLIP_CONTEXT_LENGTH, text_cfg.max_context_length)),
+        text_cfg=dual_encoder_text_cfg(text_values, f"{where}: text_config"),
         quick_gelu=ACTIVATIONS[vision_act],
         init_logit_scale=top["logit_scale_init_value"],
     )
+
+
+def dual_encoder_text_cfg(text_values: Dict[str, Any], where: str) -> PaddleNLPTextConfig:
+    """A BERT-family text model's config (its config.json as a dict, model_type included) -> the
+    paddlemix text tower of a VisionTextDualEncoderModel: its pooler output, a bias-free Linear, captions
+    of CLIP's 77 tokens (fewer where the encoder places fewer); ValueError naming `where` otherwise."""
+    try:
+        text_cfg = PaddleNLPTextConfig(encoder=text_values.get("model_type"), encoder_config=text_values,
+                                       pooler_type="pooler_output", proj_type="linear", context_length=1)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+    return dataclasses.replace(text_cfg, context_length=min(CLIP_CONTEXT_LENGTH, text_cfg.max_context_length))
 
 
 def rename_dual_encoder(state: State) -> State:
