@@ -325,7 +325,8 @@ def main(out_dir):
     (qkv * paddle.to_tensor(grads["qkv"])).sum().backward()
     (ln * paddle.to_tensor(grads["ln"])).sum().backward()
     clip = GlobalNormClip(1.0, [("visual.transformer.resblocks.0.attn.qkv.weight", qkv), ("visual.ln_post.weight", ln)],
-                          model_parallel_group=dist.new_group([0, 1]))
+                          model_parallel_group=dist.new_group([0, 1]),
+                          split_names=["visual.transformer.resblocks.0.attn.qkv.weight"])
     clip([(qkv, qkv.grad), (ln, ln.grad)])
     np.save(f"{out_dir}/norm{rank}.npy", clip.last_global_norm.numpy())
 

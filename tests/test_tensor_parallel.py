@@ -18,7 +18,7 @@ from paddlemix.models.layers import parallel
 from paddlemix.models.layers.parallel import (
     TensorParallelUnavailableError,
     merge_state_dicts,
-    split_kind,
+    tensor_parallel_layout,
     split_state_dict,
 )
 
@@ -44,15 +44,31 @@ def test_tensor_parallel_on_a_cpu_build_fails_at_start_up_with_the_fix():
 
 @pytest.mark.parametrize("degree", [2, 4])
 def test_split_then_merge_is_the_identity(degree):
-    state = unsharded_state(tiny_eva02(width=64, head_width=16, mlp_ratio=2.0))
-    shards = [split_state_dict(state, degree, rank) for rank in range(degree)]
-    merged = merge_state_dicts(shards)
+    config = tiny_eva02(width=64, head_width=16, mlp_ratio=2.0)
+    state = unsharded_state(config)
+    layout = tensor_parallel_layout(AutoModel.from_config(config))
+    shards = [split_state_dict(state, layout, degree, rank) for rank in range(degree)]
+    merged = merge_state_dicts(shards, layout)
     assert merged.keys() == state.keys()
     for key in state:
         np.testing.assert_array_equal(merged[key], state[key], err_msg=key)
     qkv = "visual.transformer.resblocks.0.attn.qkv.weight"
     assert shards[0][qkv].shape == (64, 3 * 64 // degree)
-    assert split_kind("visual.transformer.resblocks.0.attn.out_proj.bias") is None  # replicated
+    assert "visual.transformer.resblocks.0.attn.out_proj.bias" not in layout  # replicated
+
+
+def test_the_layers_declare_the_split_of_qkv_mlp_sub_ln_and_token_embedding():
+    model = AutoModel.from_config(tiny_eva02(mlp_ratio=2.0))
+    block = "visual.transformer.resblocks.1."
+    layout = tensor_parallel_layout(model)
+    assert {k[len(block):]: v for k, v in layout.items() if k.startswith(block)} == {
+        "attn.qkv.weight": "qkv", "attn.q_bias": "vector", "attn.v_bias": "vector",
+        "attn.inner_attn_ln.weight": "vector", "attn.inner_attn_ln.bias": "vector", "attn.out_proj.weight": "row",
+        "mlp.w1.weight": "column", "mlp.w1.bias": "column", "mlp.w2.weight": "column", "mlp.w2.bias": "column",
+        "mlp.ffn_ln.weight": "vector", "mlp.ffn_ln.bias": "vector", "mlp.w3.weight": "row"}
+    assert layout["text.token_embedding.weight"] == "vocab"
+    assert layout["text.transformer.resblocks.0.mlp.c_fc.bias"] == "column"
+    assert not any(k.startswith(("visual.ln_", "visual.proj", "visual.conv1", "logit_scale")) for k in layout)
 
 
 def test_split_layout_computes_the_unsharded_attention_and_mlp():
@@ -70,7 +86,8 @@ def test_split_layout_computes_the_unsharded_attention_and_mlp():
     rope = model.visual.rope
 
     def shard(rank):
-        return {k[len(prefix):]: paddle.to_tensor(v) for k, v in split_state_dict(state, degree, rank).items()
+        shards = split_state_dict(state, tensor_parallel_layout(model), degree, rank)
+        return {k[len(prefix):]: paddle.to_tensor(v) for k, v in shards.items()
                 if k.startswith(prefix)}
 
     def distributed_layer_norm(parts, weights, biases, eps):

@@ -12,7 +12,7 @@ import paddle
 from .checkpoint_formats import convert_state
 from .configuration import CONFIG_NAME
 from .hub import WEIGHTS_NAME
-from .layers.parallel import gather_unsharded_state_dict, model_parallel_rank, split_state_dict
+from .layers.parallel import gather_unsharded_state_dict, model_parallel_rank, split_state_dict, tensor_parallel_layout
 from .state_dict import load_state_dict_strict
 from .weights_file import read_pdparams
 from ..utils.log import logger
@@ -45,7 +45,7 @@ class PretrainedMixin:
         directory = Path(directory)
         state = self.state_dict()
         if self.config.tensor_parallel_degree > 1:
-            state = gather_unsharded_state_dict(state)
+            state = gather_unsharded_state_dict(state, tensor_parallel_layout(self))
             if model_parallel_rank() != 0:
                 return directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ class PretrainedMixin:
             state = convert_state(foreign_source, state)
         degree = self.config.tensor_parallel_degree
         if degree > 1:
-            state = split_state_dict(state, degree, model_parallel_rank())
+            state = split_state_dict(state, tensor_parallel_layout(self), degree, model_parallel_rank())
         load_state_dict_strict(self, state, source=str(weights_file))
 
 

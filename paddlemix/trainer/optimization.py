@@ -22,7 +22,7 @@ import paddle.distributed as dist
 from paddle.nn.clip import ClipGradBase
 from paddle.optimizer.lr import LRScheduler
 
-from ..models.layers.parallel import split_kind
+from ..models.layers.parallel import tensor_parallel_layout
 
 TOWERS = ("visual", "text")
 OPTIMIZERS = ("adamw", "lamb")
@@ -146,9 +146,9 @@ class GlobalNormClip(ClipGradBase):
     step reuses its scale. A call holding a parameter already clipped in the current step, or
     one that was not counted, starts a new step. The last norm is kept in `last_global_norm`.
 
-    named_parameters: (unsharded name, parameter) pairs. With a model_parallel_group the squared
-    norms of tensor-parallel shards (split_kind(name) is not None) are summed over that group and
-    replicated parameters counted once, so every rank clips by the same norm: Paddle's hybrid
+    named_parameters: (unsharded name, parameter) pairs; split_names: those of tensor-parallel shards
+    (tensor_parallel_layout). With a model_parallel_group the squared norms of the shards are summed
+    over that group and replicated parameters counted once, so every rank clips by the same norm: Paddle's hybrid
     optimizer only makes ClipGradByGlobalNorm parallel-aware, and it knows nothing of our split
     LayerNorm and q/v biases.
 
@@ -158,13 +158,14 @@ class GlobalNormClip(ClipGradBase):
     """
 
     def __init__(self, max_norm: float, named_parameters: Iterable[Tuple[str, paddle.Tensor]],
-                 model_parallel_group=None, partition_group=None):
+                 model_parallel_group=None, partition_group=None, split_names: Iterable[str] = ()):
         super().__init__()
         if max_norm <= 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
         self.max_norm = float(max_norm)
         self._named_parameters = list(named_parameters)
         self._group = model_parallel_group
+        self._split_names = set(split_names)
         self._partition_group = partition_group
         self._names = {p.name: name for name, p in self._named_parameters}
         self._pending: set = set()
@@ -178,7 +179,7 @@ class GlobalNormClip(ClipGradBase):
         sharded, replicated = paddle.zeros([], "float32"), paddle.zeros([], "float32")
         for name, grad in named_grads:
             square = paddle.sum(paddle.square(grad.astype("float32")))
-            if self._group is not None and split_kind(name) is not None:
+            if self._group is not None and name in self._split_names:
                 sharded = sharded + square
             else:
                 replicated = replicated + square
@@ -267,7 +268,8 @@ def build_optimizer(
     if max_grad_norm > 0:
         named = [pair for group in groups for pair in zip(group["param_names"], group["params"])]
         clip = GlobalNormClip(max_grad_norm, named, model_parallel_group=_model_parallel_group(model),
-                              partition_group=_sharding_group() if flat else None)
+                              partition_group=_sharding_group() if flat else None,
+                              split_names=tensor_parallel_layout(getattr(model, "_layers", model)))
     if flat:
         return _flat_optimizer(name, groups, schedule, clip, beta1=beta1, beta2=beta2, epsilon=epsilon)
     if name == "lamb":

@@ -190,6 +190,8 @@ class TextTransformer(nn.Layer):
     weights were trained (its "legacy" CLS mask, which lags the padding by one position).
     """
 
+    TENSOR_PARALLEL_SPLIT = {"token_embedding.weight": "vocab"}  # over the vocabulary
+
     def __init__(self, cfg: TextConfig, output_dim: int, quick_gelu: bool = False, tensor_parallel_degree: int = 1):
         super().__init__()
         if cfg.pool_type not in ("argmax", "first", "last"):

@@ -67,6 +67,11 @@ class Attention(nn.Layer):
     `out_proj` row-parallel.
     """
 
+    # heads split over tensor-parallel ranks: q/k/v and their biases by head, out_proj by its input
+    TENSOR_PARALLEL_SPLIT = {"qkv.weight": "qkv", "qkv.bias": "qkv", "q_bias": "vector", "v_bias": "vector",
+                             "inner_attn_ln.weight": "vector", "inner_attn_ln.bias": "vector",
+                             "out_proj.weight": "row"}
+
     def __init__(
         self,
         width: int,

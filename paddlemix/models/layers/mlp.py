@@ -33,6 +33,10 @@ class Mlp(nn.Layer):
     take (see external_ops) and exported graphs use the plain path.
     """
 
+    # hidden units split over tensor-parallel ranks: c_fc by output, c_proj by input
+    TENSOR_PARALLEL_SPLIT = {"c_fc.weight": "column", "c_fc.bias": "column", "ffn_ln.weight": "vector",
+                             "ffn_ln.bias": "vector", "c_proj.weight": "row"}
+
     def __init__(
         self,
         width: int,
@@ -68,6 +72,9 @@ class Mlp(nn.Layer):
 
 class SwiGLU(nn.Layer):
     """w3([ffn_ln](silu(w1 x) * w2 x)) (Shazeer 2020), named as in EVA-CLIP; w1, w2 column-, w3 row-parallel."""
+
+    TENSOR_PARALLEL_SPLIT = {"w1.weight": "column", "w1.bias": "column", "w2.weight": "column", "w2.bias": "column",
+                             "ffn_ln.weight": "vector", "ffn_ln.bias": "vector", "w3.weight": "row"}
 
     def __init__(
         self,

@@ -6,10 +6,9 @@ attention and MLP output projections: partial products summed across ranks), the
 embedding is split over the vocabulary, and sub-LN LayerNorms that sit between the pair normalise
 over the split hidden width with statistics summed across ranks. Checkpoints stay unsharded:
 `split_state_dict` gives a rank its shard on load, `merge_state_dicts` rebuilds the full tensors
-on save (see `TENSOR_PARALLEL_RULES`).
+on save, by the layout the layers declare (`tensor_parallel_layout`).
 """
 
-import re
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -127,27 +126,27 @@ class ParallelLayerNorm(nn.Layer):
         return (y + self.bias.astype(compute)).astype(x.dtype)
 
 
-# Unsharded key pattern -> how tensor parallelism splits it.
+# How tensor parallelism splits a parameter (a layer declares its own, see tensor_parallel_layout):
 #   column: Linear weight [in, out] split on out, its bias on out;   row: Linear weight split on in
 #   qkv: the fused [in, 3 * width] weight (and [3 * width] bias): each rank takes its heads of q, k and v
 #   vector: 1-D per-unit tensors of a split hidden width (q/v biases, sub-LN weight and bias)
 #   vocab: the token embedding [vocab, width], split over the vocabulary
-TENSOR_PARALLEL_RULES = [
-    (r".*\.attn\.qkv\.(weight|bias)", "qkv"),
-    (r".*\.attn\.(q_bias|v_bias)", "vector"),
-    (r".*\.(attn\.inner_attn_ln|mlp\.ffn_ln)\.(weight|bias)", "vector"),
-    (r".*\.mlp\.(c_fc|w1|w2)\.(weight|bias)", "column"),
-    (r".*\.(attn\.out_proj|mlp\.c_proj|mlp\.w3)\.weight", "row"),
-    (r"text\.token_embedding\.weight", "vocab"),
-]
+SPLIT_KINDS = ("column", "row", "qkv", "vector", "vocab")
+Layout = Dict[str, str]
 
 
-def split_kind(key: str) -> Optional[str]:
-    """The TENSOR_PARALLEL_RULES kind of `key`, None when the tensor is replicated."""
-    for pattern, kind in TENSOR_PARALLEL_RULES:
-        if re.fullmatch(pattern, key):
-            return kind
-    return None
+def tensor_parallel_layout(model: nn.Layer) -> Layout:
+    """{parameter name: split kind} of every split parameter of `model`. Each layer that splits
+    declares it in `TENSOR_PARALLEL_SPLIT` ({its own parameter name: kind}); whatever no layer
+    declares is replicated. The layout does not depend on the degree the model was built with."""
+    parameters = dict(model.named_parameters())
+    layout = {}
+    for prefix, layer in model.named_sublayers(include_self=True):
+        for local, kind in getattr(layer, "TENSOR_PARALLEL_SPLIT", {}).items():
+            name = f"{prefix}.{local}" if prefix else local
+            if name in parameters:
+                layout[name] = kind
+    return layout
 
 
 def _split_axis(kind: str, ndim: int) -> int:
@@ -156,8 +155,8 @@ def _split_axis(kind: str, ndim: int) -> int:
     return 0  # row weight on in; vector; vocab
 
 
-def split_tensor(key: str, value: np.ndarray, degree: int, rank: int) -> np.ndarray:
-    kind = split_kind(key)
+def split_tensor(key: str, kind: Optional[str], value: np.ndarray, degree: int, rank: int) -> np.ndarray:
+    """This rank's shard of tensor `key` split as `kind` (None: replicated, the whole tensor)."""
     if kind is None:
         return value
     if kind == "qkv":
@@ -169,8 +168,7 @@ def split_tensor(key: str, value: np.ndarray, degree: int, rank: int) -> np.ndar
     return np.split(value, degree, axis=axis)[rank]
 
 
-def merge_tensor(key: str, shards: Sequence[np.ndarray]) -> np.ndarray:
-    kind = split_kind(key)
+def merge_tensor(kind: Optional[str], shards: Sequence[np.ndarray]) -> np.ndarray:
     if kind is None:
         return shards[0]
     if kind == "qkv":
@@ -180,27 +178,28 @@ def merge_tensor(key: str, shards: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(shards, axis=_split_axis(kind, shards[0].ndim))
 
 
-def split_state_dict(state: Dict[str, np.ndarray], degree: int, rank: int) -> Dict[str, np.ndarray]:
-    """The shard of an unsharded state dict that tensor-parallel rank `rank` of `degree` holds."""
-    return {key: split_tensor(key, value, degree, rank) for key, value in state.items()}
+def split_state_dict(state: Dict[str, np.ndarray], layout: Layout, degree: int, rank: int) -> Dict[str, np.ndarray]:
+    """The shard of an unsharded state dict that tensor-parallel rank `rank` of `degree` holds, for a
+    model of `layout` (tensor_parallel_layout)."""
+    return {key: split_tensor(key, layout.get(key), value, degree, rank) for key, value in state.items()}
 
 
-def merge_state_dicts(shards: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+def merge_state_dicts(shards: List[Dict[str, np.ndarray]], layout: Layout) -> Dict[str, np.ndarray]:
     """The unsharded state dict from every rank's shard, in rank order."""
-    return {key: merge_tensor(key, [shard[key] for shard in shards]) for key in shards[0]}
+    return {key: merge_tensor(layout.get(key), [shard[key] for shard in shards]) for key in shards[0]}
 
 
-def gather_unsharded_state_dict(state: Dict[str, paddle.Tensor]) -> Dict[str, np.ndarray]:
+def gather_unsharded_state_dict(state: Dict[str, paddle.Tensor], layout: Layout) -> Dict[str, np.ndarray]:
     """Every rank's shard of each split tensor, all-gathered in the tensor-parallel group and merged."""
     from paddle.distributed import fleet
 
     group = fleet.get_hybrid_communicate_group().get_model_parallel_group()
     merged = {}
     for key, value in state.items():
-        if split_kind(key) is None:
+        if key not in layout:
             merged[key] = value.numpy()
             continue
         shards: List[paddle.Tensor] = []
         dist.all_gather(shards, value, group=group)
-        merged[key] = merge_tensor(key, [shard.numpy() for shard in shards])
+        merged[key] = merge_tensor(layout[key], [shard.numpy() for shard in shards])
     return merged
