@@ -5,15 +5,12 @@ are `{"caption": str, "image": "val2014/COCO_val2014_000000522418.jpg", "image_i
 val/test records may hold a list of captions (5 per image in COCO) for retrieval.
 """
 
-import json
 import tarfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
-
-import paddle
+from typing import Callable, Optional
 
 from ..models.hub import download_or_explain, ppmix_home
-from .samples import BadSample, image_file_sample
+from .json_records import JsonRecordsDataset
 
 # PaddleMIX's packaging of COCO 2014 images with the Karpathy-split annotations (unpacks to coco/).
 COCO_URL = "https://bj.bcebos.com/paddlemix/datasets/coco.tar.gz"
@@ -50,44 +47,8 @@ def coco_root(data_dir: Optional[str] = None) -> Path:
     return root
 
 
-class CocoKarpathyDataset(paddle.io.Dataset):
-    """(image, caption) pairs of a coco_karpathy-format annotation file: one pair per caption.
-
-    `__getitem__` returns {"image": transform(image), "caption": str}, or a BadSample (missing or
-    broken image, empty caption, a record or field of the wrong type) that the collator skips and counts.
-    """
-
-    def __init__(self, annotation: Union[str, Path], image_root: Union[str, Path], transform: Callable):
-        annotation = Path(annotation)
-        if not annotation.is_file():
-            raise FileNotFoundError(f"annotation file {annotation} does not exist")
-        try:
-            self.records: List = json.loads(annotation.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{annotation}: not valid JSON ({error})") from error
-        if not isinstance(self.records, list):
-            raise ValueError(f"{annotation}: expected a JSON list of records (coco_karpathy format), "
-                             f"got a {type(self.records).__name__}")
-        self.annotation = annotation
-        self.image_root = Path(image_root)
-        self.transform = transform
-        self.pairs = []  # (record index, caption); a record or field of the wrong type is judged per sample
-        for index, record in enumerate(self.records):
-            captions = record.get("caption", "") if isinstance(record, dict) else None
-            for caption in captions if isinstance(captions, list) else [captions]:
-                self.pairs.append((index, caption))
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> Union[Dict, BadSample]:
-        record_index, caption = self.pairs[index]
-        record = self.records[record_index]
-        image = record.get("image") if isinstance(record, dict) else None
-        if not isinstance(image, str):
-            what = "is not an object" if not isinstance(record, dict) else f"has 'image': {image!r:.80}, not a path"
-            return BadSample("bad_field", f"{self.annotation}[{record_index}]", f"the record {what}")
-        return image_file_sample(str(self.image_root / image), caption, self.transform)
+# coco_karpathy files are JSON lists of records with "image" and "caption" (a string, or a list of them)
+CocoKarpathyDataset = JsonRecordsDataset
 
 
 def coco_karpathy(split: str, transform: Callable, data_dir: Optional[str] = None) -> CocoKarpathyDataset:

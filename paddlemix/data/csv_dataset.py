@@ -1,17 +1,19 @@
 """Image-caption pairs listed in a CSV/TSV file (open_clip's `--dataset-type csv`).
 
 E.g. Conceptual Captions: `title<TAB>filepath` with a header row. Image paths that are not
-absolute resolve against the CSV file's directory. A row that is not valid UTF-8 is skipped as
-`invalid_utf8`, named by file and line.
+absolute resolve against `image_root`, by default the CSV file's directory. A row that is not valid
+UTF-8 is skipped as `invalid_utf8`, named by file and line.
 """
 
 import csv
 from pathlib import Path
-from typing import Callable, Dict, Union
+from typing import Callable, Dict, Optional, Union
 
 import paddle
 
 from .samples import BadSample, image_file_sample
+
+IMAGE_COLUMN, CAPTION_COLUMN = "filepath", "title"  # open_clip's --csv-img-key / --csv-caption-key defaults
 
 
 class CsvDataset(paddle.io.Dataset):
@@ -21,9 +23,10 @@ class CsvDataset(paddle.io.Dataset):
         self,
         path: Union[str, Path],
         transform: Callable,
-        img_key: str = "filepath",
-        caption_key: str = "title",
+        img_key: str = IMAGE_COLUMN,
+        caption_key: str = CAPTION_COLUMN,
         separator: str = "\t",
+        image_root: Optional[Union[str, Path]] = None,
     ):
         path = Path(path)
         if not path.is_file():
@@ -35,11 +38,12 @@ class CsvDataset(paddle.io.Dataset):
             missing = [key for key in (img_key, caption_key) if key not in columns]
             if missing:
                 raise ValueError(
-                    f"{path}: no column {', '.join(map(repr, missing))} (columns: {columns}); set --csv_img_key, "
-                    f"--csv_caption_key, or --csv_separator (now {separator!r})"
+                    f"{path}: no column {', '.join(map(repr, missing))} (columns: {columns}); set --image_column "
+                    "(or --csv_img_key), --caption_column (or --csv_caption_key), or --csv_separator "
+                    f"(now {separator!r})"
                 )
             rows = [(row[img_key] or "", row[caption_key], f"{path}:{reader.line_num}") for row in reader]
-        self.root = path.parent
+        self.root = path.parent if image_root is None else Path(image_root)
         self.images = [str(self.root / image) for image, _, _ in rows]  # an absolute path stays absolute
         self.captions = [caption for _, caption, _ in rows]
         self.lines = [line for _, _, line in rows]

@@ -22,6 +22,7 @@ import paddle
 
 from ..utils.distributed import data_worker_init, get_rank, get_world_size
 from ..utils.log import logger
+from .pair_keys import collate_pair_keys
 from .samples import REASONS, AllSamplesBadError, BadSample, log_skipped
 
 
@@ -49,8 +50,10 @@ def main_thread_batches(dataset, collate_fn: Callable, batch_sampler: Optional[I
 
 
 class ImageTextCollator:
-    """samples -> {"image": float32 [B, 3, H, W], "input_ids": int64 [B, context_length], "skipped": {reason: n}},
-    the captions tokenized by the model's `tokenizer` (processors.get_tokenizer)."""
+    """samples -> {"image": float32 [B, 3, H, W], "input_ids": int64 [B, context_length], "skipped": {reason: n},
+    "caption_keys" and "image_keys": int64 [B]}, the captions tokenized by the model's `tokenizer`
+    (processors.get_tokenizer); the keys (pair_keys.py) tell the loss which pairs share an image or a
+    caption, and the model never sees them."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -72,7 +75,8 @@ class ImageTextCollator:
             images = np.zeros((0, 3, 1, 1), dtype=np.float32)
             input_ids = np.zeros((0, self.tokenizer.context_length), dtype=np.int64)
         # counts as an int64 array in REASON order: numbers survive the worker -> main transfer
-        batch = {"image": images, "input_ids": input_ids, "skipped": _counts_to_array(skipped)}
+        batch = {"image": images, "input_ids": input_ids, "skipped": _counts_to_array(skipped),
+                 **collate_pair_keys(good)}
         if good and "stream" in good[-1]:  # a batch is one reader's run: its position after the last sample
             batch["stream"] = np.array(good[-1]["stream"], dtype=np.int64)
         return batch
@@ -191,7 +195,8 @@ class SeededSamples(paddle.io.Dataset):
 
 
 class ImageTextLoader:
-    """Iterates model-ready batches {"image", "input_ids"} (paddle tensors) and keeps the bad-sample report.
+    """Iterates batches {"image", "input_ids", "image_keys", "caption_keys"} (paddle tensors; see
+    ImageTextCollator) and keeps the bad-sample report.
 
     For map-style datasets `state_dict()` records the epoch and the batches *consumed* by the
     training loop (not the ones workers prefetched), so `load_state_dict` resumes exactly after

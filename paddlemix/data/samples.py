@@ -16,6 +16,7 @@ from typing import Callable, Dict, Union
 from PIL import Image, UnidentifiedImageError
 
 from ..utils.log import logger
+from .pair_keys import image_key
 
 # Why a sample was skipped; these names appear in the logged summaries.
 REASONS = (
@@ -30,6 +31,7 @@ REASONS = (
     "corrupt_tar_member",
     "damaged_part",  # a compressed part cut short or corrupt: the lines after the damage are lost
     "bad_field",  # a record field of the wrong type (e.g. "image": 123) or a record that is not an object
+    "unknown_image_id",  # a COCO annotation whose image_id has no entry in the file's "images"
     "unreadable_file",  # the file exists (or may) but cannot be read: name too long, permission denied, I/O error
     "image_too_large",  # more pixels than max_image_pixels(): a decompression bomb, refused before decoding
     "decode_error",  # any other exception while decoding or transforming one sample (logged with its message)
@@ -172,16 +174,17 @@ def transformed(image: Image.Image, transform: Callable, where: str):
 
 
 def decoded_sample(data: bytes, caption: str, transform: Callable, where: str) -> Union[Dict, BadSample]:
-    """{"image": transform(decoded image), "caption": caption} from encoded image bytes, or why not."""
+    """{"image": transform(decoded image), "caption": caption, "image_key": pair_keys.image_key(data)} from
+    encoded image bytes, or why not."""
     image = decode_image(data, where)
     if isinstance(image, BadSample):
         return image
     image = transformed(image, transform, where)
-    return image if isinstance(image, BadSample) else {"image": image, "caption": caption}
+    return image if isinstance(image, BadSample) else {"image": image, "caption": caption, "image_key": image_key(data)}
 
 
 def image_file_sample(path: str, caption: object, transform: Callable) -> Union[Dict, BadSample]:
-    """{"image": transform(image), "caption": str} for an image file and its caption, or why not."""
+    """{"image": transform(image), "caption": str, "image_key": int} for an image file and its caption, or why not."""
     caption = clean_caption(caption, f"{path} caption")
     if isinstance(caption, BadSample):
         return caption

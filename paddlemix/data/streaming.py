@@ -25,6 +25,7 @@ import paddle
 
 from ..utils.log import logger
 from . import sharding
+from .pair_keys import image_key
 from .samples import AllSamplesBadError, BadSample, decode_image, transformed
 
 T = TypeVar("T")
@@ -146,7 +147,8 @@ class StreamingDataset(paddle.io.IterableDataset, abc.ABC):
             image = decode_image(item.image, item.where)
             if not isinstance(image, BadSample):
                 image = self._transform(image, _epoch_rng(self.seed, epoch, index, position), item.where)
-            yield position, image if isinstance(image, BadSample) else {"image": image, "caption": item.caption}
+            yield position, image if isinstance(image, BadSample) else {"image": image, "caption": item.caption,
+                                                                         "image_key": image_key(item.image)}
 
     def _transform(self, image, rng: random.Random, where: str):
         """The transform (as `samples.transformed`: a failure skips the sample) with its random

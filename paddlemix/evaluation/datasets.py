@@ -6,10 +6,12 @@ Classification directory (PaddleMIX's layout): `DIR/images/<class folder>/*`, `D
 ImageNet class names and 80 templates; other folders use their folder names and "a photo of a {}.".
 """
 
-import json
 from pathlib import Path
 from typing import List, Tuple
 
+from ..data.coco2017 import CocoCaptionFile, is_coco_captions
+from ..data.json_records import read_json
+from ..utils.log import logger
 from .zero_shot import check_template
 from .zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, load_metadata_file
 
@@ -56,8 +58,13 @@ class ClassificationSet:
 
 
 def caption_set(annotation: Path, image_root: Path) -> Tuple[List[str], List[str], List[int]]:
-    """(image paths, captions, image index of each caption) of a coco_karpathy-format file."""
-    records = json.loads(Path(annotation).read_text(encoding="utf-8"))
+    """(image paths, captions, image index of each caption) of a coco_karpathy-format file, or of a COCO
+    captions file (captions_val2017.json: its captions grouped per image by image_id, images that have
+    none and annotations that cannot be used left out)."""
+    content, _ = read_json(annotation)
+    if is_coco_captions(content):
+        return _coco_caption_set(CocoCaptionFile(annotation, content), Path(image_root))
+    records = content
     images, captions, owner = [], [], []
     for index, record in enumerate(records):
         images.append(str(Path(image_root) / record["image"]))
@@ -65,3 +72,11 @@ def caption_set(annotation: Path, image_root: Path) -> Tuple[List[str], List[str
         captions.extend(texts)
         owner.extend([index] * len(texts))
     return images, captions, owner
+
+
+def _coco_caption_set(captions: CocoCaptionFile, image_root: Path) -> Tuple[List[str], List[str], List[int]]:
+    if captions.problems:
+        logger.warning("%s: %d annotations left out of retrieval, e.g. %s", captions.path, len(captions.problems),
+                       next(iter(captions.problems.values())))
+    rows, texts, owner = captions.by_image()
+    return [str(image_root / captions.file_names[row]) for row in rows], texts, owner

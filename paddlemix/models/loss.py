@@ -1,6 +1,6 @@
 """Contrastive image-text loss (CLIP), with open_clip's options for multi-process batches."""
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import paddle
 import paddle.nn as nn
@@ -8,6 +8,7 @@ import paddle.nn.functional as F
 
 from paddlemix.utils.distributed import (
     all_gather_local_grad,
+    all_gather_rows,
     all_gather_with_grad,
     gather_row_counts,
     get_rank,
@@ -26,6 +27,11 @@ class ClipLoss(nn.Layer):
         rows; the per-rank losses average to the global loss.
     In every valid combination the gradients after DataParallel averaging equal those of a
     single process on the global batch.
+
+    Given the batch's `image_keys` / `caption_keys` (data.pair_keys), two pairs that share an image
+    or a caption are not negatives of each other: for every (i, j), i != j, of the global batch with
+    equal image keys or equal caption keys, logit (i, j) leaves both softmaxes (it is set to -inf).
+    COCO's ~5 captions per image would otherwise make an image its own negative.
     """
 
     def __init__(
@@ -85,6 +91,17 @@ class ClipLoss(nn.Layer):
             logits_per_text = logits_per_text + logit_bias
         return logits_per_image, logits_per_text
 
+    def shared_pairs(self, keys: Sequence[paddle.Tensor], rows: int, offset: int) -> paddle.Tensor:
+        """Bool [rows, global batch]: whether pair `offset + i` of the global batch shares a key of
+        `keys` (this rank's int64 [N] tensors, gathered from every rank here) with pair j, j != offset + i:
+        the logits the loss leaves out."""
+        own = paddle.stack([key.astype("int64").reshape([-1]) for key in keys], axis=1)  # [N, kinds]
+        columns = own if self.world_size == 1 else all_gather_rows(own)
+        rows_keys = columns[offset:offset + rows]
+        shared = (rows_keys.unsqueeze(1) == columns.unsqueeze(0)).any(axis=-1)
+        positives = paddle.arange(offset, offset + rows).unsqueeze(1) == paddle.arange(columns.shape[0]).unsqueeze(0)
+        return paddle.logical_and(shared, paddle.logical_not(positives))
+
     def forward(
         self,
         image_features: paddle.Tensor,
@@ -92,6 +109,8 @@ class ClipLoss(nn.Layer):
         logit_scale: paddle.Tensor,
         logit_bias: Optional[paddle.Tensor] = None,
         output_dict: bool = False,
+        image_keys: Optional[paddle.Tensor] = None,
+        caption_keys: Optional[paddle.Tensor] = None,
     ):
         """Contrastive loss of this rank's batch.
 
@@ -101,6 +120,9 @@ class ClipLoss(nn.Layer):
             logit_scale: scalar, already exponentiated (the model passes exp(logit_scale)).
             logit_bias: optional scalar added to every logit.
             output_dict: return {"contrastive_loss": loss} instead of the scalar.
+            image_keys, caption_keys: optional int64 [N], the identity of each row's image and caption
+                (data.pair_keys); pairs sharing either are not negatives of each other (see the class doc).
+                Both None: every other pair of the global batch is a negative.
 
         Returns:
             Scalar loss, the mean of image->text and text->image cross-entropy. With
@@ -115,6 +137,10 @@ class ClipLoss(nn.Layer):
         if self.world_size > 1 and self.local_loss:
             counts = gather_row_counts(rows)
             offset, weight = sum(counts[: self.rank]), rows * self.world_size / sum(counts)
+        keys = [key for key in (image_keys, caption_keys) if key is not None]
+        if keys:
+            shared = self.shared_pairs(keys, rows, offset)
+            logits_per_image, logits_per_text = _without(logits_per_image, shared), _without(logits_per_text, shared)
         labels = self.get_ground_truth(image_features.place, rows, offset)
         total_loss = (
             F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)
@@ -123,14 +149,22 @@ class ClipLoss(nn.Layer):
             total_loss = total_loss * weight
         return {"contrastive_loss": total_loss} if output_dict else total_loss
 
-    def contrastive_loss(self, image_features, text_features, logit_scale) -> paddle.Tensor:
+    def contrastive_loss(self, image_features, text_features, logit_scale, image_keys=None,
+                         caption_keys=None) -> paddle.Tensor:
         """The contrastive loss of normalised features (the trainer's gradient accumulation joins the
-        micro-batches' features and asks for this part alone)."""
-        return self(image_features, text_features, logit_scale)
+        micro-batches' features, and their pair keys, and asks for this part alone)."""
+        return self(image_features, text_features, logit_scale, image_keys=image_keys, caption_keys=caption_keys)
 
-    def loss_parts(self, outputs: Dict[str, paddle.Tensor],
-                   batch_input_ids: Optional[paddle.Tensor] = None) -> Dict[str, paddle.Tensor]:
+    def loss_parts(self, outputs: Dict[str, paddle.Tensor], batch_input_ids: Optional[paddle.Tensor] = None,
+                   image_keys: Optional[paddle.Tensor] = None,
+                   caption_keys: Optional[paddle.Tensor] = None) -> Dict[str, paddle.Tensor]:
         """The losses of a model's `outputs` by name; they sum to the training loss. (The one contrastive
-        loss compares the features it is given, whatever batch `batch_input_ids` describes.)"""
+        loss compares the features it is given, whatever batch `batch_input_ids` describes.) The pair
+        keys are the batch's, row for row with the features (see forward)."""
         return {"contrastive_loss": self.contrastive_loss(outputs["image_features"], outputs["text_features"],
-                                                          outputs["logit_scale"])}
+                                                          outputs["logit_scale"], image_keys, caption_keys)}
+
+
+def _without(logits: paddle.Tensor, left_out: paddle.Tensor) -> paddle.Tensor:
+    """`logits` with the entries where `left_out` is True set to -inf: out of the softmax, no gradient."""
+    return paddle.where(left_out, paddle.full_like(logits, float("-inf")), logits)

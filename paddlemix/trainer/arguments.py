@@ -50,15 +50,36 @@ class ModelArguments:
 class DataArguments:
     task_name: str = field(
         default="coco_clip",
-        metadata={"help": "coco_clip, a coco_karpathy .json, a .csv/.tsv, 'shards-{000..009}.tar' or a LAION .filelist"},
+        metadata={"help": "coco_clip, coco2017, a captions_<split>2017.json, a .json/.jsonl of records, a .csv/.tsv, "
+                          "'shards-{000..009}.tar' or a LAION .filelist (data.datasets.TASK_NAME_FORMS)"},
     )
-    data_dir: Optional[str] = field(default=None, metadata={"help": "dataset root (coco_clip) or image root (.json)"})
-    csv_img_key: str = field(default="filepath", metadata={"help": "CSV column of image paths"})
-    csv_caption_key: str = field(default="title", metadata={"help": "CSV column of captions"})
+    data_dir: Optional[str] = field(
+        default=None, metadata={"help": "dataset root (coco_clip, coco2017) or image folder (a .json, .jsonl or .csv)"}
+    )
+    image_column: Optional[str] = field(
+        default=None, metadata={"help": "CSV column / JSON key of image paths (default: filepath in CSV, image in "
+                                        "JSON)"}
+    )
+    caption_column: Optional[str] = field(
+        default=None, metadata={"help": "CSV column / JSON key of captions (default: title in CSV, caption in JSON)"}
+    )
+    csv_img_key: Optional[str] = field(default=None, metadata={"help": "open_clip's spelling of --image_column"})
+    csv_caption_key: Optional[str] = field(default=None, metadata={"help": "open_clip's spelling of --caption_column"})
     csv_separator: str = field(default="\t", metadata={"help": "CSV field separator"})
     classification_eval: Optional[str] = field(
         default=None, metadata={"help": "ImageFolder-style directory for zero-shot classification every --eval_steps"}
     )
+
+    def __post_init__(self):
+        # one setting, two spellings (HF run_clip.py's and open_clip's): both attributes hold the value given
+        for column, csv_key in (("image_column", "csv_img_key"), ("caption_column", "csv_caption_key")):
+            given, csv_given = getattr(self, column), getattr(self, csv_key)
+            if given is not None and csv_given is not None and given != csv_given:
+                raise ValueError(f"--{column} {given!r} and --{csv_key} {csv_given!r} are two spellings of one "
+                                 "setting with different values: give one of them")
+            value = csv_given if given is None else given
+            setattr(self, column, value)
+            setattr(self, csv_key, value)
 
 
 @dataclass

@@ -12,8 +12,7 @@ from typing import Optional, Sequence
 import paddle
 
 from .. import AutoConfig, AutoModel
-from ..data.coco import annotation_file, coco_root
-from ..data.datasets import build_dataset
+from ..data.datasets import build_dataset, validation_set
 from ..models.hub import WEIGHTS_NAME
 from ..models.registry import resolve_model_name
 from ..models.state_dict import load_state_dict_strict
@@ -115,17 +114,17 @@ def resume_point(args: CLIPTrainingArguments) -> Optional[str]:
 
 
 def validation_split(data_args: DataArguments):
-    """(annotation, image root) of the val split for --do_eval retrieval: coco_clip has one, other sets none."""
-    if data_args.task_name == "coco_clip":
-        root = coco_root(data_args.data_dir)
-        return annotation_file(root, "val"), root / "images"
-    warn_once(f"--do_eval: retrieval needs a val split, which --task_name {data_args.task_name} does not have")
-    return None
+    """(annotation, image root) of the val split for --do_eval retrieval (data.datasets.validation_set):
+    coco_clip, coco2017 and captions_<split>2017.json have one, other sets none."""
+    split = validation_set(data_args.task_name, data_args.data_dir)
+    if split is None:
+        warn_once(f"--do_eval: retrieval needs a val split, which --task_name {data_args.task_name} does not have")
+    return split
 
 
 def train_dataset(data_args: DataArguments, model, args: CLIPTrainingArguments):
     transform = image_transform_for(model.config, is_train=True)
     return build_dataset(
-        data_args.task_name, transform, data_dir=data_args.data_dir, csv_img_key=data_args.csv_img_key,
-        csv_caption_key=data_args.csv_caption_key, csv_separator=data_args.csv_separator, seed=args.seed,
+        data_args.task_name, transform, data_dir=data_args.data_dir, image_column=data_args.image_column,
+        caption_column=data_args.caption_column, csv_separator=data_args.csv_separator, seed=args.seed,
     )

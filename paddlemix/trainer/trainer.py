@@ -16,6 +16,7 @@ from paddlenlp.trainer import IntervalStrategy, Trainer, TrainerCallback
 from paddlenlp.trainer.integrations import VisualDLCallback
 
 from ..data.loader import ImageTextLoader
+from ..data.pair_keys import pair_keys_of
 from ..models.hub import WEIGHTS_NAME
 from ..models.state_dict import load_state_dict_strict
 from ..models.weights_file import read_pdparams
@@ -162,8 +163,8 @@ class CLIPTrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False):
-        outputs = model(image=inputs["image"], input_ids=inputs["input_ids"])
-        outputs["loss"] = paddle.add_n(list(self.loss_fn.loss_parts(outputs).values()))
+        outputs = model(image=inputs["image"], input_ids=inputs["input_ids"])  # the pair keys go to the loss alone
+        outputs["loss"] = paddle.add_n(list(self.loss_fn.loss_parts(outputs, **pair_keys_of(inputs)).values()))
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def training_step(self, model, inputs, step_control=0):
@@ -202,17 +203,21 @@ class CLIPTrainer(Trainer):
         the others' cached features. The contrastive negatives are those of the large batch, and the
         gradients sum to its gradient; logit_scale keeps its gradient in one pass only (open_clip
         counts it N times). Per-token losses (CoCa's captions) are averaged over the large batch's
-        tokens, so the micro-batches' shares add up to it exactly."""
+        tokens, so the micro-batches' shares add up to it exactly. The micro-batches' pair keys are joined
+        as their features are, so pairs that share an image or caption across micro-batches are no
+        negatives either."""
         batch_input_ids = paddle.concat([b["input_ids"] for b in batches])
+        joined_keys = pair_keys_of(*batches)
         cached, token_losses = [], []
         with paddle.no_grad(), self.autocast_smart_context_manager():
             for batch in batches:
                 out = model(image=batch["image"], input_ids=batch["input_ids"])
-                parts = self.loss_fn.loss_parts(out, batch_input_ids)
+                parts = self.loss_fn.loss_parts(out, batch_input_ids, **pair_keys_of(batch))
                 token_losses.extend(value for name, value in parts.items() if name != "contrastive_loss")
                 cached.append({key: out[key] for key in ("image_features", "text_features", "logit_scale")})
             watched_outputs = [value for c in cached for value in watched(c)]
-            contrastive = self.loss_fn.contrastive_loss(*self._joined(cached, None, None), cached[0]["logit_scale"])
+            contrastive = self.loss_fn.contrastive_loss(*self._joined(cached, None, None), cached[0]["logit_scale"],
+                                                        **joined_keys)
             loss = paddle.add_n([part for part in (contrastive, *token_losses) if part is not None])
         if self._skip_nonfinite("loss or features", [loss, *watched_outputs]):
             return None
@@ -223,7 +228,8 @@ class CLIPTrainer(Trainer):
                 scale = fresh["logit_scale"] if index == last else fresh["logit_scale"].detach()
                 image_features, text_features = self._joined(cached, index, fresh)
                 joined = dict(fresh, image_features=image_features, text_features=text_features, logit_scale=scale)
-                micro_loss = paddle.add_n(list(self.loss_fn.loss_parts(joined, batch_input_ids).values()))
+                parts = self.loss_fn.loss_parts(joined, batch_input_ids, **joined_keys)
+                micro_loss = paddle.add_n(list(parts.values()))
             sync = model.no_sync() if index < last and hasattr(model, "no_sync") else contextlib.nullcontext()
             with sync:  # DataParallel reduces the gradients once, after the last pass
                 self._backward(micro_loss)

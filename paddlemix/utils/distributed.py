@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 import paddle
 import paddle.distributed as dist
@@ -99,15 +99,21 @@ def gather_row_counts(rows: int) -> List[int]:
     return [int(count) for count in counts]
 
 
-def _gather_concat(ctx, x: paddle.Tensor) -> paddle.Tensor:
-    """All ranks' rows of x, concatenated; pads to the largest rank for the collective."""
-    ctx.counts = counts = gather_row_counts(x.shape[0])
+def _gather_rows(x: paddle.Tensor) -> Tuple[paddle.Tensor, List[int]]:
+    """(all ranks' rows of x concatenated in rank order, every rank's row count); pads to the largest
+    rank for the collective."""
+    counts = gather_row_counts(x.shape[0])
     longest = max(counts)
     if x.shape[0] < longest:
         x = paddle.concat([x, paddle.zeros([longest - x.shape[0], *x.shape[1:]], dtype=x.dtype)])
     parts: List[paddle.Tensor] = []
     dist.all_gather(parts, x)
-    return paddle.concat([part[:count] for part, count in zip(parts, counts)], axis=0)
+    return paddle.concat([part[:count] for part, count in zip(parts, counts)], axis=0), counts
+
+
+def _gather_concat(ctx, x: paddle.Tensor) -> paddle.Tensor:
+    gathered, ctx.counts = _gather_rows(x)
+    return gathered
 
 
 def _own_slice(ctx, grad: paddle.Tensor) -> paddle.Tensor:
@@ -162,3 +168,9 @@ def all_gather_local_grad(x: paddle.Tensor) -> paddle.Tensor:
     when every rank computes the same loss from the gathered tensor.
     """
     return _AllGatherLocalGrad.apply(x)
+
+
+def all_gather_rows(x: paddle.Tensor) -> paddle.Tensor:
+    """Concatenate `x` [N, ...] from all ranks (N may differ per rank), without gradient: for values
+    that carry none, such as the int64 pair keys the contrastive loss gathers beside the features."""
+    return _gather_rows(x)[0]
