@@ -30,18 +30,20 @@ class CoCaLoss(nn.Layer):
         logits: paddle.Tensor,
         labels: paddle.Tensor,
         caption_tokens: Optional[int] = None,
+        **pair_keys: paddle.Tensor,
     ) -> Dict[str, paddle.Tensor]:
         """{"contrastive_loss", "caption_loss"}, each already weighted.
 
         logits [batch, length, vocab] and labels [batch, length] of this batch. caption_tokens: the
         number of non-pad labels the cross-entropy is averaged over; by default those in `labels`.
         A micro-batch of a larger batch (gradient accumulation) passes the larger batch's count, so
-        the micro-batches' caption losses sum to the larger batch's.
+        the micro-batches' caption losses sum to the larger batch's. pair_keys: ClipLoss's image_keys /
+        caption_keys.
         """
         parts = {}
         if self.contrastive_weight:
             parts["contrastive_loss"] = self.contrastive_weight * self.clip_loss(image_features, text_features,
-                                                                                logit_scale)
+                                                                                logit_scale, **pair_keys)
         token_losses = F.cross_entropy(logits.astype("float32"), labels.unsqueeze(-1), ignore_index=self.pad_id,
                                        reduction="sum")
         if caption_tokens is None:
@@ -49,16 +51,16 @@ class CoCaLoss(nn.Layer):
         parts["caption_loss"] = self.caption_weight * token_losses / max(caption_tokens, 1)
         return parts
 
-    def contrastive_loss(self, image_features, text_features, logit_scale) -> Optional[paddle.Tensor]:
+    def contrastive_loss(self, image_features, text_features, logit_scale, **pair_keys) -> Optional[paddle.Tensor]:
         """The weighted contrastive part alone; None where its weight is 0."""
         if not self.contrastive_weight:
             return None
-        return self.contrastive_weight * self.clip_loss(image_features, text_features, logit_scale)
+        return self.contrastive_weight * self.clip_loss(image_features, text_features, logit_scale, **pair_keys)
 
-    def loss_parts(self, outputs: Dict[str, paddle.Tensor],
-                   batch_input_ids: Optional[paddle.Tensor] = None) -> Dict[str, paddle.Tensor]:
+    def loss_parts(self, outputs: Dict[str, paddle.Tensor], batch_input_ids: Optional[paddle.Tensor] = None,
+                   **pair_keys: paddle.Tensor) -> Dict[str, paddle.Tensor]:
         """The weighted losses of CoCa's `outputs`; `batch_input_ids`: the whole batch these outputs are a
         micro-batch of (gradient accumulation), whose caption tokens the cross-entropy is averaged over."""
         tokens = None if batch_input_ids is None else int((batch_input_ids[:, 1:] != self.pad_id).sum())
         return self(outputs["image_features"], outputs["text_features"], outputs["logit_scale"],
-                    outputs["logits"], outputs["labels"], caption_tokens=tokens)
+                    outputs["logits"], outputs["labels"], caption_tokens=tokens, **pair_keys)
