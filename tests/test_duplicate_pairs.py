@@ -3,9 +3,11 @@ pair keys against the float64 definition (tests/duplicate_pairs_reference.py), t
 gives, and the trainer handing them to the loss (one batch and gradient accumulation)."""
 
 import contextlib
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from duplicate_pairs_reference import CAPTION_OF_ROW, IMAGE_OF_ROW, kept_columns
 from paddlemix.data.csv_dataset import CsvDataset
 from paddlemix.data.loader import ImageTextLoader
 from paddlemix.data.pair_keys import caption_key, image_key, stable_key
+from paddlemix.data.webdataset_shards import TarShardDataset
 from paddlemix.models.loss import ClipLoss
 from paddlemix.processors import SimpleTokenizer, image_transform
 from paddlemix.trainer.trainer import CLIPTrainer
@@ -121,6 +124,27 @@ def test_the_collator_gives_equal_keys_to_a_shared_image_or_caption(tmp_path):
     assert caption_keys[0] == caption_keys[1] and caption_keys[3] == caption_keys[4]
     assert len(set(caption_keys.tolist())) == 3
     assert image_keys[1] == image_key((tmp_path / "b.png").read_bytes()) and caption_keys[2] == caption_key("a brown dog")
+
+
+def test_a_stream_keys_its_images_by_their_bytes(tmp_path):
+    def png(seed):
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    members = [("s0.png", png(0)), ("s0.txt", b"first"), ("s1.png", png(1)), ("s1.txt", b"second"),
+               ("s2.png", png(0)), ("s2.txt", b"first again, same image")]
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    dataset = TarShardDataset(str(tmp_path / "shard-0.tar"), image_transform(8, is_train=False), shuffle_buffer=0)
+    loader = ImageTextLoader(dataset, batch_size=3, tokenizer=SimpleTokenizer(context_length=8))
+
+    batch = next(iter(loader))
+
+    assert batch["image_keys"].numpy().tolist() == [image_key(png(0)), image_key(png(1)), image_key(png(0))]
 
 
 # ---------------------------------------------------------------- the trainer passes the keys to the loss
