@@ -68,7 +68,7 @@ def _image_problem(entry: object) -> Optional[str]:
     if not isinstance(entry, dict):
         return "is not an object"
     if isinstance(entry.get("id"), bool) or not isinstance(entry.get("id"), (int, str)):
-        return f"has 'id': {entry.get('id')!r:.40}, not a number"
+        return f"has 'id': {entry.get('id')!r:.40}, not an id (a number or a string)"
     if not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
         return f"has 'file_name': {entry.get('file_name')!r:.80}, not a file name"
     return None
