@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,19 @@ TINY = {"model_type": "clip", "embed_dim": 32,
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
 
 
+# The tiny CLIP with a RoBERTa text tower (PaddleNLP), reading the small RoBERTa tokenizer that
+# tests/fixtures/make_tokenizer_fixtures.py trained: `setup / "roberta"` is its model folder.
+ROBERTA_TOKENIZER = REPO_ROOT / "tests" / "fixtures" / "tokenizers" / "roberta_fast"
+TINY_ROBERTA = {"model_type": "clip", "embed_dim": 32, "vision_cfg": TINY["vision_cfg"],
+                "text_cfg": {"kind": "paddlenlp", "encoder": "roberta", "pooler_type": "pooler_output",
+                             "proj_type": "linear", "context_length": 16,
+                             "encoder_config": {"vocab_size": 500, "hidden_size": 64, "num_hidden_layers": 2,
+                                                "num_attention_heads": 2, "intermediate_size": 128,
+                                                "max_position_embeddings": 18, "type_vocab_size": 1,
+                                                "pad_token_id": 1, "layer_norm_eps": 1e-5,
+                                                "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}}
+
+
 def flags(setup, output_dir, *extra):
     return ["--model", str(setup / "tiny.json"), "--task_name", "coco_clip", "--data_dir", str(setup / "shapes"),
             "--output_dir", str(output_dir), "--max_steps", "8", "--per_device_train_batch_size", "16",
@@ -28,6 +42,8 @@ def flags(setup, output_dir, *extra):
 def make_setup(root: Path) -> Path:
     """The tiny model's config and a small shapes set under `root`."""
     (root / "tiny.json").write_text(json.dumps(TINY))
+    shutil.copytree(ROBERTA_TOKENIZER, root / "roberta")
+    (root / "roberta" / "config.json").write_text(json.dumps(TINY_ROBERTA))
     write_shapes_dataset(root / "shapes", train_per_class=4)
     return root
 

@@ -22,7 +22,8 @@ from ..inference import load_model
 from ..models.registry import resolve_model_name
 from ..models.state_dict import load_state_dict_strict
 from ..processors import get_tokenizer
-from ..trainer.arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
+from ..trainer.arguments import (CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments,
+                                 with_default_model)
 from ..utils.distributed import get_rank
 from ..utils.platform import check_platform
 
@@ -55,8 +56,7 @@ def retrieval_set(spec: str, data_dir: Optional[str]):
 
 def run_zero_shot_eval(argv: Optional[Sequence[str]] = None, default_model: Optional[str] = None) -> Dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if default_model and not any(a == "--model" or a.startswith("--model=") for a in argv):
-        argv = ["--model", default_model, *argv]
+    argv = with_default_model(argv, default_model)
     model_args, data_args, args, eval_args = parse_arguments(
         argv, (ModelArguments, DataArguments, CLIPTrainingArguments, EvalArguments))
     logging.basicConfig(level=logging.INFO, format="%(message)s")

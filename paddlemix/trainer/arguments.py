@@ -115,6 +115,15 @@ PARSER_CLASSES = (ModelArguments, DataArguments, CLIPTrainingArguments)
 FLAG_ALIASES = {"--model_name_or_path": "--model", "--max_seq_length": "--context_length"}
 
 
+def with_default_model(argv: Sequence[str], default_model: Optional[str]) -> List[str]:
+    """argv with `--model default_model` first when no spelling of --model is given."""
+    argv = list(argv)
+    spellings = [flag for flag, target in [("--model", "--model"), *FLAG_ALIASES.items()] if target == "--model"]
+    if default_model and not any(token.partition("=")[0] in spellings for token in argv):
+        argv = ["--model", default_model, *argv]
+    return argv
+
+
 def _resolve_aliases(argv: List[str]) -> List[str]:
     """argv with each alias spelled as its flag; a flag given under two spellings is refused."""
     resolved, seen = [], {}

@@ -20,7 +20,7 @@ from ..models.loss_registry import build_loss
 from ..processors import get_tokenizer
 from ..processors.image_transforms import image_transform_for
 from ..utils.log import logger, warn_once
-from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments
+from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments, with_default_model
 from .evaluation import TrainingEvaluation
 from ..utils.platform import check_platform
 from .checkpoints import complete_checkpoints, remove_previous_run, resolve_resume
@@ -56,8 +56,7 @@ def loss_of(model, model_args: ModelArguments, args: CLIPTrainingArguments):
 def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[str] = None) -> CLIPTrainer:
     """Train as the flags in `argv` (default sys.argv) say; `default_model` when --model is not given."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if default_model and not any(a == "--model" or a.startswith("--model=") for a in argv):
-        argv = ["--model", default_model, *argv]
+    argv = with_default_model(argv, default_model)
     model_args, data_args, args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_platform(args)
