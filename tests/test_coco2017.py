@@ -179,3 +179,12 @@ def test_training_on_coco2017_evaluates_retrieval_on_its_val_split(coco, tmp_pat
     evaluation = next(r for r in records if "eval/retrieval/image_to_text_R@1" in r)
     assert evaluation["eval/retrieval/num_images"] == 2 and evaluation["eval/retrieval/num_captions"] == 10
     assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+
+
+def test_the_evaluator_retrieves_on_coco2017_by_name_or_by_its_captions_file(coco):
+    from paddlemix.tools.zero_shot_eval import retrieval_set
+
+    val = (coco / "annotations" / "captions_val2017.json", coco / "val2017")
+    assert retrieval_set("coco2017", str(coco)) == val
+    assert retrieval_set(str(val[0]), None) == val  # images in val2017/ beside annotations/
+    assert retrieval_set(str(val[0]), str(coco / "elsewhere")) == (val[0], coco / "elsewhere")

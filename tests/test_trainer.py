@@ -8,12 +8,18 @@ import numpy as np
 import paddle
 import pytest
 
+from paddlemix import AutoModel
+from paddlemix.data.datasets import build_dataset
+from paddlemix.data.loader import ImageTextCollator
+from paddlemix.models.loss_registry import training_loss
+from paddlemix.processors import get_tokenizer, image_transform
 from paddlemix.trainer.arguments import parse_arguments
-from paddlemix.trainer.run import build_model, check_platform
 from paddlemix.trainer.checkpoints import COMPLETE_MARKER, resolve_resume
-from paddlemix.models.loss_registry import build_loss, training_loss
+from paddlemix.trainer.run import build_model, check_platform
 
+from duplicate_pairs_reference import masked_clip_loss
 from trainer_helpers import flags, preempt, run_to_end, step_losses
+
 
 def test_preempted_and_resumed_run_reproduces_the_uninterrupted_losses(setup, tmp_path):
     # 30 quick steps: the SIGTERM sent after step 4 must land well before the run would end by itself
@@ -106,8 +112,11 @@ def test_evaluation_during_training_logs_zero_shot_and_retrieval_metrics(setup, 
     (folder / "labels.txt").write_text("\n".join(f"{c} shape" for c in sorted(COLOURS)) + "\n")
     (folder / "templates.txt").write_text("a {}\na picture of a {}\n")
     output = tmp_path / "out"
+    val_pairs = build_dataset("coco_clip", image_transform(32, is_train=False), split="val",
+                              data_dir=str(setup / "shapes"))
     log = run_to_end(flags(setup, output, "--max_steps", "6", "--eval_steps", "3", "--do_eval",
-                           "--classification_eval", str(folder), "--save_steps", "1000"))
+                           "--classification_eval", str(folder), "--save_steps", "1000",
+                           "--per_device_eval_batch_size", str(len(val_pairs))))
     assert "zero-shot classification task: colours: top1:" in log
     records = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines()]
     evaluations = [r for r in records if "eval/colours/top1" in r]
@@ -115,6 +124,19 @@ def test_evaluation_during_training_logs_zero_shot_and_retrieval_metrics(setup, 
     for record in evaluations:
         assert record["eval/colours/num_samples"] == 48 and 0 <= record["eval/colours/top1"] <= 100
         assert 0 <= record["eval/retrieval/image_to_text_R@1"] <= record["eval/retrieval/image_to_text_R@5"] <= 1
+        assert "eval_loss" in record
+
+    # eval_loss of the final model: the masked contrastive loss of every val pair in one batch, from its definition
+    reported = json.loads((output / "eval_results.json").read_text())
+    assert reported["eval_loss"] == evaluations[-1]["eval_loss"]
+    model = AutoModel.from_pretrained(str(output))
+    samples = [val_pairs[i] for i in range(len(val_pairs))]
+    batch = ImageTextCollator(get_tokenizer(model))(samples)
+    with paddle.no_grad():
+        out = model(image=paddle.to_tensor(batch["image"]), input_ids=paddle.to_tensor(batch["input_ids"]))
+    expected = masked_clip_loss(out["image_features"].numpy(), out["text_features"].numpy(),
+                                float(out["logit_scale"]), batch["image_keys"], batch["caption_keys"])[0]
+    assert reported["eval_loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_nonfinite_losses_skip_their_update_refuse_the_save_and_too_many_in_a_row_stop_the_run(

@@ -17,6 +17,7 @@ from typing import Dict, Optional, Sequence
 
 from .. import AutoModel
 from ..data.coco import annotation_file, coco_root
+from ..data.coco2017 import coco2017_files, image_folder_of
 from ..evaluation.evaluate import classification, retrieval
 from ..inference import load_model
 from ..models.registry import resolve_model_name
@@ -31,7 +32,8 @@ from ..utils.platform import check_platform
 @dataclass
 class EvalArguments:
     retrieval_eval: Optional[str] = field(
-        default=None, metadata={"help": "coco (Karpathy test split) or a coco_karpathy-format JSON to retrieve on"}
+        default=None, metadata={"help": "coco (Karpathy test split), coco2017 (val2017 of --data_dir), a COCO "
+                                        "captions_*.json or a coco_karpathy-format JSON to retrieve on"}
     )
     classifier_cache: Optional[str] = field(
         default=None, metadata={"help": "directory of cached zero-shot classifiers (keyed by the weights' hash)"}
@@ -43,14 +45,21 @@ class EvalArguments:
 
 
 def retrieval_set(spec: str, data_dir: Optional[str]):
-    """(annotation file, image root) for `--retrieval_eval coco` or a coco_karpathy JSON."""
+    """(annotation file, image root) for `--retrieval_eval coco` (the Karpathy test split), `coco2017`
+    (captions_val2017.json of the COCO 2017 root --data_dir), a COCO captions file or a coco_karpathy JSON."""
     if spec == "coco":
         root = coco_root(data_dir)
         return annotation_file(root, "test"), root / "images"
+    if spec == "coco2017":
+        return coco2017_files("val", data_dir)
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"--retrieval_eval {spec}: neither 'coco' nor an existing coco_karpathy JSON")
-    image_root = Path(data_dir) if data_dir else path.parent.parent / "images"
+        raise FileNotFoundError(f"--retrieval_eval {spec}: neither 'coco', 'coco2017' nor an existing JSON file")
+    if data_dir:
+        return path, Path(data_dir)
+    if path.stem.startswith("captions_"):  # COCO's distributed layout: <split>2017/ beside annotations/
+        return path, image_folder_of(path)
+    image_root = path.parent.parent / "images"
     return path, image_root if image_root.is_dir() else path.parent
 
 

@@ -46,10 +46,14 @@ class ModelArguments:
     )
 
 
+DEFAULT_TASK = "coco_clip"
+HF_COCO_SCRIPT = "coco_dataset_script"  # the hub script HF's contrastive-image-text example loads COCO with
+
+
 @dataclass
 class DataArguments:
     task_name: str = field(
-        default="coco_clip",
+        default=DEFAULT_TASK,
         metadata={"help": "coco_clip, coco2017, a captions_<split>2017.json, a .json/.jsonl of records, a .csv/.tsv, "
                           "'shards-{000..009}.tar' or a LAION .filelist (data.datasets.TASK_NAME_FORMS)"},
     )
@@ -63,23 +67,30 @@ class DataArguments:
     caption_column: Optional[str] = field(
         default=None, metadata={"help": "CSV column / JSON key of captions (default: title in CSV, caption in JSON)"}
     )
-    csv_img_key: Optional[str] = field(default=None, metadata={"help": "open_clip's spelling of --image_column"})
-    csv_caption_key: Optional[str] = field(default=None, metadata={"help": "open_clip's spelling of --caption_column"})
     csv_separator: str = field(default="\t", metadata={"help": "CSV field separator"})
     classification_eval: Optional[str] = field(
         default=None, metadata={"help": "ImageFolder-style directory for zero-shot classification every --eval_steps"}
     )
+    dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "HF run_clip.py's dataset: ydshieh/coco_dataset_script with "
+                                        "--dataset_config_name 2017 reads COCO 2017 from --data_dir (= --task_name coco2017)"}
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "see --dataset_name"})
 
     def __post_init__(self):
-        # one setting, two spellings (HF run_clip.py's and open_clip's): both attributes hold the value given
-        for column, csv_key in (("image_column", "csv_img_key"), ("caption_column", "csv_caption_key")):
-            given, csv_given = getattr(self, column), getattr(self, csv_key)
-            if given is not None and csv_given is not None and given != csv_given:
-                raise ValueError(f"--{column} {given!r} and --{csv_key} {csv_given!r} are two spellings of one "
-                                 "setting with different values: give one of them")
-            value = csv_given if given is None else given
-            setattr(self, column, value)
-            setattr(self, csv_key, value)
+        if self.dataset_name is None:
+            return
+        if self.dataset_name.rstrip("/").split("/")[-1] != HF_COCO_SCRIPT or self.dataset_config_name != "2017":
+            raise ValueError(
+                f"--dataset_name {self.dataset_name} --dataset_config_name {self.dataset_config_name}: paddlemix reads "
+                f"datasets from files, not from the Hugging Face hub; of run_clip.py's datasets it knows "
+                f"ydshieh/{HF_COCO_SCRIPT} 2017 (COCO 2017 under --data_dir). Give --task_name instead "
+                f"(coco2017, a captions json, a .csv or .json of records, ...)"
+            )
+        if self.task_name not in (DEFAULT_TASK, "coco2017"):
+            raise ValueError(f"--dataset_name {self.dataset_name} and --task_name {self.task_name} name two datasets: "
+                             "give one of them")
+        self.task_name = "coco2017"
 
 
 @dataclass
@@ -111,8 +122,9 @@ class CLIPTrainingArguments(TrainingArguments):
 
 
 PARSER_CLASSES = (ModelArguments, DataArguments, CLIPTrainingArguments)
-# Other projects' spellings of our flags: HF transformers' run_clip.py (the CLIP-on-COCO guide).
-FLAG_ALIASES = {"--model_name_or_path": "--model", "--max_seq_length": "--context_length"}
+# Other projects' spellings of our flags: HF transformers' run_clip.py (the CLIP-on-COCO guide), open_clip.
+FLAG_ALIASES = {"--model_name_or_path": "--model", "--max_seq_length": "--context_length",
+                "--csv_img_key": "--image_column", "--csv_caption_key": "--caption_column"}
 
 
 def with_default_model(argv: Sequence[str], default_model: Optional[str]) -> List[str]:
@@ -125,16 +137,20 @@ def with_default_model(argv: Sequence[str], default_model: Optional[str]) -> Lis
 
 
 def _resolve_aliases(argv: List[str]) -> List[str]:
-    """argv with each alias spelled as its flag; a flag given under two spellings is refused."""
+    """argv with each alias spelled as its flag; one setting given under two spellings must have one value."""
     resolved, seen = [], {}
-    for token in argv:
+    for position, token in enumerate(argv):
         flag, equals, value = token.partition("=")
         if token.startswith("--"):
             canonical = FLAG_ALIASES.get(flag, flag)
-            if canonical in seen and seen[canonical] != flag:
-                raise SystemExit(f"error: {seen[canonical]} and {flag} are the same setting; give one of them")
-            seen[canonical] = flag
-            token = canonical + equals + value
+            if not equals:
+                following = argv[position + 1] if position + 1 < len(argv) else ""
+                value = "" if following.startswith("--") else following
+            earlier = seen.setdefault(canonical, (flag, value))
+            if earlier[0] != flag and earlier[1] != value:
+                raise SystemExit(f"error: {earlier[0]} {earlier[1]!r} and {flag} {value!r} are two spellings of one "
+                                 "setting with different values: give one of them")
+            token = canonical + equals + (value if equals else "")
         resolved.append(token)
     return resolved
 

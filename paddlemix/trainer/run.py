@@ -64,12 +64,14 @@ def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[s
     model = build_model(model_args, args)
     dataset = train_dataset(data_args, model, args)
     tokenizer = get_tokenizer(model, model_args.context_length)
+    loss_fn = loss_of(model, model_args, args)
     retrieval = validation_split(data_args) if args.do_eval else None
     evaluation = None
     if data_args.classification_eval or retrieval:
         evaluation = TrainingEvaluation(data_args.classification_eval, retrieval, args.per_device_eval_batch_size,
-                                        args.dataloader_num_workers, tokenizer)
-    trainer = CLIPTrainer(model, args, dataset, tokenizer, loss_of(model, model_args, args), evaluation)
+                                        args.dataloader_num_workers, tokenizer, validation_pairs(retrieval, model),
+                                        loss_fn)
+    trainer = CLIPTrainer(model, args, dataset, tokenizer, loss_fn, evaluation)
     resume = resume_point(args)
     if resume:
         logger.info("resuming from %s", resume)
@@ -110,6 +112,14 @@ def resume_point(args: CLIPTrainingArguments) -> Optional[str]:
                     "over)", args.output_dir)
         return str(found[-1])
     return None
+
+
+def validation_pairs(split, model):
+    """The val split (annotation, image folder) as (image, caption) pairs for eval_loss; None without one."""
+    if split is None:
+        return None
+    annotation, image_folder = split
+    return build_dataset(str(annotation), image_transform_for(model.config, is_train=False), data_dir=str(image_folder))
 
 
 def validation_split(data_args: DataArguments):
