@@ -93,7 +93,9 @@ def _exit_on_parents_sigterm(parent: int, worker_id: int) -> None:
 
 
 def gather_row_counts(rows: int) -> List[int]:
-    """Every rank's number of rows, in rank order."""
+    """Every rank's number of rows, in rank order ([rows] in a single process)."""
+    if get_world_size() == 1:
+        return [rows]
     counts: List[paddle.Tensor] = []
     dist.all_gather(counts, paddle.to_tensor([rows], dtype="int64"))
     return [int(count) for count in counts]
