@@ -141,7 +141,7 @@ def test_from_pretrained_converts_a_downloaded_paddlemix_layout_file(tmp_path, m
     paddle.save({k: paddle.to_tensor(v) for k, v in paddlemix_layout(eva_clip_state).items()}, str(community))
     config = CLIPConfig.from_dict(json.loads(write_config(tmp_path, "tiny_eva02").read_text()))
     monkeypatch.setattr("paddlemix.auto.AutoConfig.from_pretrained", lambda name: config)
-    monkeypatch.setattr("paddlemix.auto.cached_weights_file", lambda name: community)
+    monkeypatch.setattr("paddlemix.models.auto.cached_weights_file", lambda name: community)
     model = AutoModel.from_pretrained("paddlemix/EVA/tiny-for-test")
     reference = np.load(FIXTURES / "tiny_eva02.io.npz")
     features = model.encode_image(paddle.to_tensor(reference["image"])).numpy()

@@ -6,7 +6,6 @@ the names with a pretrained-language-model text tower are checked by tests/test_
 """
 
 import json
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -161,20 +160,6 @@ def test_eva01_g14_url_is_its_own_name_not_the_readmes_b14_link():
     assert hub.weights_url("paddlemix/EVA/EVA01-CLIP-g-14") == (
         "https://bj.bcebos.com/paddlenlp/models/community/paddlemix/EVA/EVA01-CLIP-g-14/model_state.pdparams")
     assert hub.weights_url("paddlemix/EVA/EVA01-CLIP-g-14-plus").endswith("/EVA/EVA01-CLIP-g-14-plus/model_state.pdparams")
-
-
-@pytest.fixture()
-def no_network(monkeypatch, tmp_path):
-    """An empty $PPMIX_HOME and a urlopen that records each URL and fails as offline."""
-    monkeypatch.setenv("PPMIX_HOME", str(tmp_path))
-    requested = []
-
-    def offline(url, timeout):
-        requested.append(url)
-        raise urllib.error.URLError("network is unreachable")
-
-    monkeypatch.setattr("urllib.request.urlopen", offline)
-    return requested
 
 
 @pytest.mark.parametrize("name", ARCHITECTURE_NAMES)

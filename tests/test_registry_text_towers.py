@@ -8,7 +8,6 @@ The producers' facts come from tests/fixtures/text_tower_registry_reference.json
 """
 
 import json
-import urllib.error
 from pathlib import Path
 
 import paddle
@@ -87,20 +86,6 @@ def test_the_names_are_architecture_only_and_listed_with_their_counts():
     assert {name: info.parameters for name, info in infos.items()} == {
         name: REFERENCE[name]["parameters"] for name in NAMES}
     assert all(info.weights_url is None and info.image_size == (224, 224) for info in infos.values())
-
-
-@pytest.fixture()
-def no_network(monkeypatch, tmp_path):
-    """An empty $PPMIX_HOME and a urlopen that records each URL and fails as offline."""
-    monkeypatch.setenv("PPMIX_HOME", str(tmp_path))
-    requested = []
-
-    def offline(url, timeout):
-        requested.append(url)
-        raise urllib.error.URLError("network is unreachable")
-
-    monkeypatch.setattr("urllib.request.urlopen", offline)
-    return requested
 
 
 @pytest.mark.parametrize("name, command", [

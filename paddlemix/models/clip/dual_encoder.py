@@ -48,7 +48,7 @@ def _image_tower(vision: PathOrName) -> Tuple[CLIPConfig, State]:
         config, state = read_hf_folder(folder)
         state = convert_state("hf", state, config.text_cfg)
     else:
-        from ...auto import AutoModel  # (auto imports the model classes)
+        from ..auto import AutoModel  # (auto imports the model classes)
 
         source = AutoModel.from_pretrained(vision)
         config, state = source.config, {key: value.numpy() for key, value in source.state_dict().items()}

@@ -67,19 +67,37 @@ def vision_block_options(cfg: VisionConfig, quick_gelu: bool, tensor_parallel_de
     )
 
 
-def _layer_id(name: str, stem_prefixes: Tuple[str, ...], num_layers: int) -> int:
-    if name.startswith(stem_prefixes):
-        return 0
-    block = re.match(r"transformer\.resblocks\.(\d+)\.", name)
-    return int(block.group(1)) + 1 if block else num_layers + 1
+class BlockStackTower(nn.Layer):
+    """What the trainer asks of a tower built on `self.transformer` (layers.Transformer): its depth,
+    each parameter's layer id (the stem is named by STEM_PREFIXES) and activation recomputation."""
+
+    STEM_PREFIXES: Tuple[str, ...] = ()
+
+    def set_recompute(self, enable: bool = True) -> None:
+        """Recompute block activations in backward (activation memory ~ one block)."""
+        self.transformer.recompute = enable
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.transformer.resblocks)
+
+    def layer_id(self, name: str) -> int:
+        """Depth of a tower-relative parameter name: 0 for the stem, i + 1 for block i, num_layers + 1
+        after the blocks (final norm, pooling, projection)."""
+        if name.startswith(self.STEM_PREFIXES):
+            return 0
+        block = re.match(r"transformer\.resblocks\.(\d+)\.", name)
+        return int(block.group(1)) + 1 if block else self.num_layers + 1
 
 
-class VisionTransformer(nn.Layer):
+class VisionTransformer(BlockStackTower):
     """Patchify + class token + positional embedding, [ln_pre], blocks, ln_post, projection.
 
     OpenAI CLIP's ViT by default; EVA-01/EVA-02's towers through the VisionConfig options (rope,
     SwiGLU, sub-LN, q/v biases, post-norm, patch bias, projection bias).
     """
+
+    STEM_PREFIXES = ("conv1.", "class_embedding", "positional_embedding", "ln_pre.")
 
     def __init__(self, cfg: VisionConfig, output_dim: int, quick_gelu: bool = False, tensor_parallel_degree: int = 1):
         super().__init__()
@@ -125,19 +143,6 @@ class VisionTransformer(nn.Layer):
         else:
             self.proj_bias = None
 
-    def set_recompute(self, enable: bool = True) -> None:
-        """Recompute block activations in backward (activation memory ~ one block)."""
-        self.transformer.recompute = enable
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.transformer.resblocks)
-
-    def layer_id(self, name: str) -> int:
-        """Depth of a tower-relative parameter name: 0 for the stem (patch, class and position
-        embeddings, ln_pre), i + 1 for block i, num_layers + 1 after the blocks."""
-        return _layer_id(name, ("conv1.", "class_embedding", "positional_embedding", "ln_pre."), self.num_layers)
-
     def no_weight_decay(self) -> Set[str]:
         return vectors_and(self, ("positional_embedding", "class_embedding"))
 
@@ -182,7 +187,7 @@ class VisionTransformer(nn.Layer):
         return (tokens.mean(axis=1) if self.pool_type == "avg" else x[:, 0]), tokens
 
 
-class TextTransformer(nn.Layer):
+class TextTransformer(BlockStackTower):
     """Token + positional embedding, causal pre-LN blocks, ln_final, EOT pooling, projection.
 
     With `embed_cls` (CoCa) a learned CLS token follows the text and its output is the embedding;
@@ -191,6 +196,7 @@ class TextTransformer(nn.Layer):
     """
 
     TENSOR_PARALLEL_SPLIT = {"token_embedding.weight": "vocab"}  # over the vocabulary
+    STEM_PREFIXES = ("token_embedding.", "positional_embedding", "cls_emb")
 
     def __init__(self, cfg: TextConfig, output_dim: int, quick_gelu: bool = False, tensor_parallel_degree: int = 1):
         super().__init__()
@@ -238,19 +244,6 @@ class TextTransformer(nn.Layer):
     @property
     def pad_token_id(self) -> int:
         return self.pad_id
-
-    def set_recompute(self, enable: bool = True) -> None:
-        """Recompute block activations in backward (activation memory ~ one block)."""
-        self.transformer.recompute = enable
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.transformer.resblocks)
-
-    def layer_id(self, name: str) -> int:
-        """Depth of a tower-relative parameter name: 0 for the token, position and CLS embeddings,
-        i + 1 for block i, num_layers + 1 after the blocks (ln_final, projection)."""
-        return _layer_id(name, ("token_embedding.", "positional_embedding", "cls_emb"), self.num_layers)
 
     def no_weight_decay(self) -> Set[str]:
         return vectors_and(self, ("positional_embedding", "cls_emb"))
