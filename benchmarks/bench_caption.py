@@ -24,7 +24,7 @@ import paddle
 
 from paddlemix import AutoModel
 from paddlemix.tools.convert import convert
-from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+from paddlemix.utils.cpu_process import prepare_cpu_process
 
 NAME = "paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k"
 PEER_SCRIPT = textwrap.dedent('''
@@ -83,5 +83,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_cpu_memory()
+    prepare_cpu_process()
     sys.exit(main())

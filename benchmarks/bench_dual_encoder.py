@@ -28,25 +28,12 @@ from timing import median_rate
 
 OPTIMIZER = dict(lr=5e-4, weight_decay=0.2, beta1=0.9, beta2=0.98, eps=1e-6)  # open_clip's bench settings
 SHORTEST_CAPTION = 8  # tokens
-# Paddle's CPU wheel bundles an MKL (mklml, older than 2020.1) that runs its generic kernels on AMD CPUs
-# unless MKL_DEBUG_CPU_TYPE=5 selects the AVX2 ones (newer MKL, as torch's, ignores the variable and
-# dispatches AMD well). Measured on this 2-core AMD EPYC, one thread, [400, 768] x [768, 3072]: Paddle
-# 19 GFLOPS without it, 60 with it; torch 61-69.
-MKL_CPU_TYPE_VARIABLE, MKL_CPU_TYPE_AVX2 = "MKL_DEBUG_CPU_TYPE", "5"
 
 
 def cpu_model() -> str:
     """lscpu's model name (speeds are only comparable on one CPU)."""
     output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     return next(line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("Model name"))
-
-
-def use_avx2_mkl_kernels_on_amd() -> None:
-    """On an AMD CPU, set MKL_DEBUG_CPU_TYPE=5 unless it is set. MKL reads it at its first call, so this
-    goes before any matrix product."""
-    with open("/proc/cpuinfo") as cpuinfo:
-        if any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in cpuinfo):
-            os.environ.setdefault(MKL_CPU_TYPE_VARIABLE, MKL_CPU_TYPE_AVX2)
 
 
 def peak_memory_mib() -> float:
@@ -137,9 +124,6 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of both frameworks")
     parser.add_argument("--peer", default=None, help="python of the reference venv (torch + transformers)")
-    parser.add_argument("--mkl-avx2-on-amd", action="store_true",
-                        help="on an AMD CPU, give Paddle's MKL its AVX2 kernels (MKL_DEBUG_CPU_TYPE=5, see the note above "
-                        "MKL_CPU_TYPE_VARIABLE)")
     parser.add_argument("--peer-side", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -151,11 +135,9 @@ def main(argv=None) -> None:
     import paddle
 
     from paddlemix import AutoConfig, AutoModel
-    from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+    from paddlemix.utils.cpu_process import MKL_CPU_TYPE_VARIABLE, prepare_cpu_process
 
-    keep_freed_cpu_memory()
-    if args.mkl_avx2_on_amd:
-        use_avx2_mkl_kernels_on_amd()
+    prepare_cpu_process()  # on AMD, MKL's AVX2 kernels (PPMIX_MKL_AVX2_ON_AMD=0: as Paddle is installed)
     paddle.base.core.set_num_threads(args.threads)
     paddle.seed(0)
     config = AutoConfig.from_pretrained(args.model)

@@ -24,7 +24,7 @@ import paddle
 import paddle.nn.functional as F
 
 from paddlemix.external_ops import cpu_threads, fused_ops
-from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+from paddlemix.utils.cpu_process import prepare_cpu_process
 
 from timing import median_rate
 
@@ -121,5 +121,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_cpu_memory()
+    prepare_cpu_process()
     sys.exit(main())

@@ -38,7 +38,7 @@ from paddlemix import AutoConfig, AutoModel
 from paddlemix.inference import InferenceEncoders
 from paddlemix.models.registry import open_clip_name
 from paddlemix.tools.export import export
-from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+from paddlemix.utils.cpu_process import prepare_cpu_process
 
 from timing import median_rate
 
@@ -127,5 +127,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_cpu_memory()
+    prepare_cpu_process()
     sys.exit(main())

@@ -24,7 +24,7 @@ from PIL import Image
 from paddlemix.data.coco import CocoKarpathyDataset
 from paddlemix.data.loader import ImageTextLoader
 from paddlemix.processors import image_transform
-from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+from paddlemix.utils.cpu_process import prepare_cpu_process
 
 PEER_SCRIPT = textwrap.dedent('''
     import json, sys, time
@@ -103,5 +103,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_cpu_memory()
+    prepare_cpu_process()
     sys.exit(main())

@@ -26,7 +26,7 @@ import paddle
 from paddlemix import AutoConfig, AutoModel
 from paddlemix.models.loss_registry import build_loss
 from paddlemix.models.registry import open_clip_name
-from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+from paddlemix.utils.cpu_process import prepare_cpu_process
 
 from timing import median_rate
 
@@ -142,5 +142,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_cpu_memory()
+    prepare_cpu_process()
     sys.exit(main())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+from paddlemix.utils.cpu_process import prepare_cpu_process
 
 SUBJECTS = ["dog", "cat", "red car", "wooden table", "mountain lake", "bride", "pizza", "skyscraper",
             "vintage poster", "bicycle", "golden retriever puppy", "leather wallet", "coffee mug", "sunset"]
@@ -118,5 +118,5 @@ def main():
 
 
 if __name__ == "__main__":
-    keep_freed_cpu_memory()
+    prepare_cpu_process()
     main()

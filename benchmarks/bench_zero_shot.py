@@ -29,7 +29,7 @@ from paddlemix.evaluation.features import image_features
 from paddlemix.inference import InferenceModel
 from paddlemix.processors import image_transform
 from paddlemix.tools.export import export
-from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+from paddlemix.utils.cpu_process import prepare_cpu_process
 
 FULL_TEXTS = 1000 * 80
 PEER_SCRIPT = textwrap.dedent('''
@@ -122,5 +122,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_cpu_memory()
+    prepare_cpu_process()
     sys.exit(main())

@@ -39,7 +39,7 @@ from .evaluation.plots import save_similarity_heat_map
 from .evaluation.zero_shot import build_zero_shot_classifier, check_template, evaluation_mode
 from .processors import CLIPProcessor
 from .utils.log import logger
-from .utils.cpu_memory import keep_freed_cpu_memory
+from .utils.cpu_process import prepare_cpu_process
 
 # Files taken from an --images directory; other files there are ignored, not counted as unreadable.
 IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
@@ -279,5 +279,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    keep_freed_cpu_memory()
+    prepare_cpu_process()
     sys.exit(main())

@@ -26,7 +26,7 @@ from paddlemix.evaluation.plots import save_similarity_heat_map
 from paddlemix.processors import get_tokenizer
 from paddlemix.processors.image_transforms import image_transform_for
 from paddlemix.trainer.run import run_pretrain
-from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+from paddlemix.utils.cpu_process import prepare_cpu_process
 
 logger = logging.getLogger("paddlemix.examples.shapes")
 
@@ -97,5 +97,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    keep_freed_cpu_memory()
+    prepare_cpu_process()
     sys.exit(main() and 0)

@@ -20,7 +20,7 @@ from paddlemix.data.synthetic import draw
 from paddlemix.evaluation.plots import save_similarity_heat_map
 from paddlemix.models import CLIPConfig, TextConfig, VisionConfig
 from paddlemix.processors import CLIPProcessor
-from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+from paddlemix.utils.cpu_process import prepare_cpu_process
 
 logger = logging.getLogger("paddlemix.examples.similarity")
 
@@ -62,5 +62,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_cpu_memory()
+    prepare_cpu_process()
     main()

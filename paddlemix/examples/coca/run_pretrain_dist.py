@@ -9,8 +9,8 @@ paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k by default; the loss is CoCaLoss,
 
 from paddlemix.trainer.run import run_pretrain
 from paddlemix.utils.distributed import run_script
-from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+from paddlemix.utils.cpu_process import prepare_cpu_process
 
 if __name__ == "__main__":
-    keep_freed_cpu_memory()
+    prepare_cpu_process()
     run_script(run_pretrain, default_model="paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k")

@@ -6,8 +6,8 @@
 
 from paddlemix.tools.zero_shot_eval import run_zero_shot_eval
 from paddlemix.utils.distributed import run_script
-from paddlemix.utils.cpu_memory import keep_freed_cpu_memory
+from paddlemix.utils.cpu_process import prepare_cpu_process
 
 if __name__ == "__main__":
-    keep_freed_cpu_memory()
+    prepare_cpu_process()
     run_script(run_zero_shot_eval, default_model="paddlemix/EVA/EVA02-CLIP-B-16")
