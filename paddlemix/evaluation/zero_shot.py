@@ -6,7 +6,7 @@ broken by class index (see `ranking`), the way `argmax` breaks them.
 
 import contextlib
 import string
-from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, Sequence, Tuple
 
 import paddle
 import paddle.nn.functional as F
