@@ -5,7 +5,7 @@ the AVX2 kernels of Paddle's MKL. Importing paddlemix sets neither; a script of 
 
 Paddle 3.3.1's CPU wheel bundles an MKL (mklml) older than 2020.1, which runs its generic kernels on
 AMD CPUs unless MKL_DEBUG_CPU_TYPE=5 selects the AVX2 ones; MKL reads the variable at its first call.
-Measured on a 2-core AMD EPYC (Zen 4), one thread, [400, 768] x [768, 3072]: 19 GFLOP/s without it,
+Measured on a 2-core AMD EPYC (AVX2), one thread, [400, 768] x [768, 3072]: 19 GFLOP/s without it,
 60 with it (torch 61-69); the clip-roberta training step went from 0.44 to 1.21 images/s
 (benchmarks/bench_dual_encoder.py). On Intel CPUs MKL picks its best kernels itself, and the variable
 would hold it back, so it is set on AMD only, never over a value the user gave, and not with
