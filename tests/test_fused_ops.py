@@ -95,6 +95,16 @@ def test_an_unbuildable_op_falls_back_to_paddle_with_one_warning(monkeypatch, ca
         fused_ops(required=True)
 
 
+def test_a_build_is_reused_only_on_a_cpu_with_the_same_model_and_flags(monkeypatch):
+    """The ops are compiled with -march=native: another CPU (a shared $PPMIX_HOME) gets its own build."""
+    here = external_ops.build_directory()
+    monkeypatch.setattr(external_ops, "cpu_signature", lambda: "GenuineIntel|Xeon|avx avx2 avx512f amx_tile")
+    elsewhere = external_ops.build_directory()
+    assert elsewhere.parent == here.parent and elsewhere != here
+    monkeypatch.undo()
+    assert external_ops.build_directory() == here  # this CPU again: its own build, reused
+
+
 def test_two_processes_building_at_once_both_load_the_op(tmp_path):
     script = textwrap.dedent("""
         import paddle

@@ -19,6 +19,7 @@ from typing import Optional
 
 import paddle
 
+from ..utils.cpu_process import cpu_signature
 from ..utils.hub import ppmix_home
 from ..utils.log import logger
 from .build_flags import CXX_FLAGS, MODULE_NAME, NVCC_FLAGS, SOURCE_DIRECTORY, link_flags, source_paths
@@ -27,8 +28,11 @@ _state = {"module": None, "tried": False}
 
 
 def build_directory() -> Path:
-    """$PPMIX_HOME/external_ops/<hash of the sources, flags and Paddle version>."""
+    """$PPMIX_HOME/external_ops/<hash of the sources, flags, Paddle version and CPU>. The ops are built
+    with -march=native: a build is reused only on a CPU of the same model and instruction-set flags, so a
+    $PPMIX_HOME shared between machines never hands one CPU another's instructions (SIGILL)."""
     digest = hashlib.sha256(paddle.__version__.encode() + " ".join(CXX_FLAGS + NVCC_FLAGS + link_flags()).encode())
+    digest.update(cpu_signature().encode())
     for source in sorted(SOURCE_DIRECTORY.iterdir()):
         digest.update(source.name.encode() + source.read_bytes())
     return ppmix_home() / "external_ops" / digest.hexdigest()[:16]

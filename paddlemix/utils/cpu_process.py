@@ -30,6 +30,23 @@ def cpu_vendor() -> str:
         return ""
 
 
+def cpu_signature() -> str:
+    """What code built with -march=native depends on: the CPU's vendor, model and instruction-set flags
+    (/proc/cpuinfo's first processor; '' where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            fields = {}
+            for line in cpuinfo:
+                if not line.strip():
+                    break  # the first processor's block ends here
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return ""
+    flags = " ".join(sorted(fields.get("flags", "").split()))
+    return f"{fields.get('vendor_id', '')}|{fields.get('model name', '')}|{flags}"
+
+
 def use_avx2_mkl_kernels_on_amd() -> bool:
     """Set MKL_DEBUG_CPU_TYPE=5 on an AMD CPU (see the module docstring); whether it is set now."""
     if os.environ.get(MKL_OPT_OUT_VARIABLE, "1") == "0" or MKL_CPU_TYPE_VARIABLE in os.environ:
