@@ -24,7 +24,7 @@ import numpy as np
 import paddle
 
 from paddlemix import AutoConfig, AutoModel
-from paddlemix.models.loss_registry import build_loss
+from paddlemix.models.loss_registry import build_loss, training_loss
 from paddlemix.models.registry import open_clip_name
 from paddlemix.utils.cpu_process import prepare_cpu_process
 
@@ -64,7 +64,7 @@ def bench_paddlemix(args) -> dict:
         loss_fn = build_loss(model.config)
 
         def train_step():
-            loss = paddle.add_n(list(loss_fn.loss_parts(model(image=images, input_ids=ids)).values()))
+            loss = training_loss(loss_fn, model(image=images, input_ids=ids))
             loss.backward()
             optimizer.step()
             optimizer.clear_grad()

@@ -10,6 +10,8 @@ the family's flags by name; one the family does not take is an error naming it.
 
 from typing import Callable, Dict, Optional
 
+import paddle
+
 from .coca.loss import CoCaLoss
 from .loss import ClipLoss
 
@@ -48,8 +50,7 @@ def build_loss(config, local_loss: bool = False, gather_with_grad: bool = False,
     return LOSSES[config.loss](config, contrastive, **(options or {}))
 
 
-def training_loss(loss_fn, outputs, batch_input_ids=None):
-    """The sum of `loss_fn`'s parts of a model's `outputs`: what the trainer minimises."""
-    import paddle
-
-    return paddle.add_n(list(loss_fn.loss_parts(outputs, batch_input_ids).values()))
+def training_loss(loss_fn, outputs, batch_input_ids=None, **pair_keys):
+    """The sum of `loss_fn`'s parts of a model's `outputs` (with the batch's pair keys, data.pair_keys):
+    what the trainer minimises."""
+    return paddle.add_n(list(loss_fn.loss_parts(outputs, batch_input_ids, **pair_keys).values()))

@@ -11,6 +11,7 @@ from ..data.loader import ImageTextLoader
 from ..data.pair_keys import pair_keys_of
 from ..evaluation.evaluate import classification, retrieval
 from ..evaluation.zero_shot import evaluation_mode
+from ..models.loss_registry import training_loss
 from ..utils.distributed import gather_row_counts
 
 
@@ -56,7 +57,6 @@ class TrainingEvaluation:
                 if not rows:
                     continue
                 outputs = model(image=batch["image"], input_ids=batch["input_ids"])
-                parts = self.loss_fn.loss_parts(outputs, **pair_keys_of(batch))
-                total += float(paddle.add_n(list(parts.values()))) * rows
+                total += float(training_loss(self.loss_fn, outputs, **pair_keys_of(batch))) * rows
                 pairs += rows
         return total / max(pairs, 1)

@@ -20,10 +20,10 @@ from ..models.loss_registry import build_loss
 from ..processors import get_tokenizer
 from ..processors.image_transforms import image_transform_for
 from ..utils.log import logger, warn_once
-from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments, with_default_model
-from .evaluation import TrainingEvaluation
 from ..utils.platform import check_platform
-from .checkpoints import complete_checkpoints, remove_previous_run, resolve_resume
+from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments, with_default_model
+from .checkpoints import remove_previous_run, resolve_resume
+from .evaluation import TrainingEvaluation
 from .trainer import CLIPTrainer
 
 
@@ -106,12 +106,11 @@ def resume_point(args: CLIPTrainingArguments) -> Optional[str]:
         return None
     if args.resume_from_checkpoint:
         return resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    found = complete_checkpoints(args.output_dir)
-    if found:
+    resume = resolve_resume("auto", args.output_dir)
+    if resume:
         logger.info("%s holds checkpoints of an earlier run: continuing it (pass --overwrite_output_dir to start "
                     "over)", args.output_dir)
-        return str(found[-1])
-    return None
+    return resume
 
 
 def validation_pairs(split, model):

@@ -18,14 +18,14 @@ from paddlenlp.trainer.integrations import VisualDLCallback
 from ..data.loader import ImageTextLoader
 from ..data.pair_keys import pair_keys_of
 from ..models.hub import WEIGHTS_NAME
+from ..models.loss_registry import training_loss
 from ..models.state_dict import load_state_dict_strict
 from ..models.weights_file import read_pdparams
 from ..utils.distributed import get_world_size
 from ..utils.log import logger
 from .checkpoints import (
     CHECKPOINT_PREFIX, COMPLETE_MARKER, RESULTS_LOG, TRAINER_STATE, check_same_batch, checkpoint_step,
-    complete_checkpoints,
-    remove_old_checkpoints,
+    complete_checkpoints, remove_old_checkpoints,
 )
 from .optimization import build_optimizer, cosine_schedule, group_learning_rates
 
@@ -164,7 +164,7 @@ class CLIPTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False):
         outputs = model(image=inputs["image"], input_ids=inputs["input_ids"])  # the pair keys go to the loss alone
-        outputs["loss"] = paddle.add_n(list(self.loss_fn.loss_parts(outputs, **pair_keys_of(inputs)).values()))
+        outputs["loss"] = training_loss(self.loss_fn, outputs, **pair_keys_of(inputs))
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def training_step(self, model, inputs, step_control=0):
@@ -228,8 +228,7 @@ class CLIPTrainer(Trainer):
                 scale = fresh["logit_scale"] if index == last else fresh["logit_scale"].detach()
                 image_features, text_features = self._joined(cached, index, fresh)
                 joined = dict(fresh, image_features=image_features, text_features=text_features, logit_scale=scale)
-                parts = self.loss_fn.loss_parts(joined, batch_input_ids, **joined_keys)
-                micro_loss = paddle.add_n(list(parts.values()))
+                micro_loss = training_loss(self.loss_fn, joined, batch_input_ids, **joined_keys)
             sync = model.no_sync() if index < last and hasattr(model, "no_sync") else contextlib.nullcontext()
             with sync:  # DataParallel reduces the gradients once, after the last pass
                 self._backward(micro_loss)
