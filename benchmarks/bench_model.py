@@ -24,6 +24,7 @@ import numpy as np
 import paddle
 
 from paddlemix import AutoConfig, AutoModel
+from paddlemix.external_ops import fused_ops
 from paddlemix.models.loss_registry import build_loss, training_loss
 from paddlemix.models.registry import open_clip_name
 from paddlemix.utils.cpu_process import prepare_cpu_process
@@ -36,10 +37,6 @@ REFERENCE_BENCH = Path(__file__).resolve().parents[2] / "shared" / "reference" /
 
 def bench_paddlemix(args) -> dict:
     config = AutoConfig.from_pretrained(args.model)
-    if args.fused_ops:
-        for tower in (config.vision_cfg, config.text_cfg, getattr(config, "multimodal_cfg", None)):
-            if tower is not None:
-                tower.fusedLN = tower.fused_bias_gelu = True
     model = AutoModel.from_config(config)
     rng = np.random.default_rng(0)
     size, text_cfg = model.visual.image_size, model.config.text_cfg
@@ -117,8 +114,6 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-infer", action="store_true")
-    parser.add_argument("--fused-ops", action="store_true",
-                        help="fusedLN and fused_bias_gelu in every tower (paddlemix.external_ops)")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--peer", default=None, help="python of the open_clip reference venv")
     args = parser.parse_args(argv)
@@ -128,7 +123,7 @@ def main(argv=None) -> None:
     ours_peak = peak_memory_mib()
     peer = bench_open_clip(args) if args.peer else {}
     batches = {"encode_image": args.infer_batch, "train_step": args.train_batch}
-    fused = ", fused ops" if args.fused_ops else ""
+    fused = ", fused ops" if fused_ops() is not None else ", Paddle's ops only"
     print(f"{args.model}{fused}, float32, {args.threads} threads (images/s)")
     for phase, rate in ours.items():
         line = f"  {phase:<12} batch {batches[phase]:>3}: paddlemix {rate:7.2f}"

@@ -21,12 +21,9 @@ import paddle
 import paddle.inference as paddle_infer
 
 from .tools.export import EXPORT_FILE, IMAGE_ENCODER, PRECISIONS, TEXT_ENCODER
+from .utils.platform import cpu_supports_bf16, gpu_available
 
 GPU_MEMORY_POOL_MB = 256  # initial pool; Paddle grows it as needed
-
-
-def gpu_available() -> bool:
-    return paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
 def device_supports_bf16() -> bool:
@@ -34,12 +31,6 @@ def device_supports_bf16() -> bool:
     if gpu_available():
         return paddle.device.cuda.get_device_capability(0)[0] >= 8
     return cpu_supports_bf16()
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this Paddle build has oneDNN and the CPU has native bfloat16 (AVX512-BF16 or AMX)."""
-    core = paddle.base.core
-    return core.is_compiled_with_onednn() and core.supports_bfloat16_fast_performance()
 
 
 def _config(prefix: Path, precision: str, threads: int) -> paddle_infer.Config:

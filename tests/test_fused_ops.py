@@ -1,8 +1,7 @@
 """paddlemix.external_ops: the fused_ln and fused_bias_gelu ops (built here, CPU) against Paddle's own
-ops, their bad-input errors, the fallback with one warning, a race-free build from two processes, and
-models with fusedLN / fused_bias_gelu."""
+ops, their bad-input errors, the fallback with one warning, a race-free build from two processes, the
+PPMIX_FUSED_OPS switch, and models, which use the ops by default (onednn_linear: test_onednn_linear.py)."""
 
-import copy
 import os
 import shutil
 import subprocess
@@ -18,8 +17,9 @@ import pytest
 import paddlemix.external_ops as external_ops
 from paddlemix import AutoConfig, AutoModel
 from paddlemix.external_ops import cpu_threads, fused_ops
-from paddlemix.models.layers.mlp import Mlp
-from paddlemix.models.layers.norm import FusedLayerNorm, LayerNorm, layer_norm
+from paddlemix.models.layers import linear as linear_module
+from paddlemix.models.layers import norm as norm_module
+from paddlemix.models.layers.norm import layer_norm
 from paddlemix.models.loss_registry import build_loss, training_loss
 
 SHAPES = [(1, 1), (7, 3), (5, 33), (3, 1, 17), (4, 197, 768), (2, 1025, 1408)]
@@ -88,8 +88,10 @@ def test_an_unbuildable_op_falls_back_to_paddle_with_one_warning(monkeypatch, ca
 
     monkeypatch.setattr(external_ops, "_state", {"module": None, "tried": False})
     monkeypatch.setattr(external_ops, "_build", no_compiler)
-    layers = [layer_norm(8, fused=True) for _ in range(3)]
-    assert all(type(layer) is LayerNorm for layer in layers)
+    x = paddle.randn([2, 8])
+    norm = layer_norm(8)
+    for _ in range(3):
+        np.testing.assert_allclose(norm(x).numpy(), F.layer_norm(x, 8, norm.weight, norm.bias, 1e-5).numpy())
     assert sum("fused ops unavailable" in r.message and "no C++ compiler" in r.message for r in caplog.records) == 1
     with pytest.raises(RuntimeError, match="could not be built"):
         fused_ops(required=True)
@@ -121,7 +123,7 @@ def test_two_processes_building_at_once_both_load_the_op(tmp_path):
 
 
 def test_setup_py_installs_the_module_that_fused_ops_then_loads(tmp_path):
-    """`python setup.py install` (here into a prefix) builds both ops; paddlemix loads that module
+    """`python setup.py install` (here into a prefix) builds every op; paddlemix loads that module
     instead of building its own."""
     source = Path(external_ops.__file__).parent
     shutil.copytree(source, tmp_path / "external_ops", ignore=shutil.ignore_patterns("__pycache__", "build"))
@@ -137,6 +139,7 @@ def test_setup_py_installs_the_module_that_fused_ops_then_loads(tmp_path):
         print(ops.__file__)
         print(ops.fused_ln(x, paddle.ones([3]), paddle.zeros([3]), 1e-5, 1)[0].numpy().round(4).tolist())
         print(ops.fused_bias_gelu(x, paddle.ones([3]), False, 1).numpy().round(4).tolist())
+        print(ops.onednn_linear(x, paddle.eye(3), paddle.ones([3]), 1, False, False, 1)[0].numpy().round(4).tolist())
     """)
     env = dict(os.environ, PYTHONPATH=str(site_packages), PPMIX_HOME=str(tmp_path / "home"))
     lines = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True,
@@ -144,6 +147,7 @@ def test_setup_py_installs_the_module_that_fused_ops_then_loads(tmp_path):
     assert lines[0].startswith(str(site_packages))
     np.testing.assert_allclose(eval(lines[1]), [[-1.069, -0.2673, 1.3363]], atol=1e-4)
     np.testing.assert_allclose(eval(lines[2]), [[0.0, 0.8413, 2.9960]], atol=1e-4)
+    np.testing.assert_allclose(eval(lines[3]), [[0.0, 0.8413, 2.9960]], atol=1e-4)
     assert not (tmp_path / "home" / "external_ops").exists()  # nothing was built on first use
 
 
@@ -201,62 +205,79 @@ def test_bias_gelu_bad_input_is_a_clear_error(ops, bias_shape, dtype, bias_dtype
         ops.fused_bias_gelu(paddle.ones([2, 8], dtype), paddle.zeros(bias_shape, bias_dtype), False, 1)
 
 
+class CallCounter:
+    """Wraps an external_ops entry point where a layer module imported it; counts the calls that ran an op."""
+
+    def __init__(self, monkeypatch, module, name):
+        self.calls, self.ran, original = 0, 0, getattr(module, name)
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            result = original(*args, **kwargs)
+            self.ran += result is not None
+            return result
+
+        monkeypatch.setattr(module, name, counted)
+
+
+def loss_and_grads(model, image, ids):
+    loss = training_loss(build_loss(model.config), model(image=image, input_ids=ids))
+    loss.backward()
+    grads = {name: p.grad.numpy().copy() for name, p in model.named_parameters() if p.grad is not None}
+    model.clear_gradients()
+    return float(loss), grads
+
+
 @pytest.mark.parametrize("name", ["paddlemix/CLIP/ViT-B-32", "paddlemix/EVA/EVA01-CLIP-g-14",
-                                  "paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k"])
+                                  "paddlemix/EVA/EVA02-CLIP-B-16", "paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k"])
 @pytest.mark.parametrize("quick_gelu", [False, True], ids=["gelu", "quick_gelu"])
-def test_a_model_with_fused_ops_computes_what_the_plain_one_does(ops, name, quick_gelu):
-    """fusedLN and fused_bias_gelu in every tower: every LayerNorm and GELU MLP runs in the ops, and
-    the loss and every gradient equal the plain model's."""
+def test_models_use_the_fused_ops_by_default_and_compute_what_paddle_does(ops, monkeypatch, name, quick_gelu):
+    """With no config key, every Linear (its activation included) and every LayerNorm (EVA's sub-LNs
+    too) runs in the ops; PPMIX_FUSED_OPS=0 runs none, and the loss and every gradient are the same."""
     config = AutoConfig.from_pretrained(name)
     config.quick_gelu = quick_gelu
-    towers = [config.vision_cfg, config.text_cfg] + ([config.multimodal_cfg] if hasattr(config, "multimodal_cfg") else [])
-    for tower in towers:
-        tower.layers = 1
-    fused_config = copy.deepcopy(config)
-    for tower in (fused_config.vision_cfg, fused_config.text_cfg, getattr(fused_config, "multimodal_cfg", None)):
+    for tower in (config.vision_cfg, config.text_cfg, getattr(config, "multimodal_cfg", None)):
         if tower is not None:
-            tower.fusedLN = tower.fused_bias_gelu = True
+            tower.layers = 1
     paddle.seed(0)
-    plain, fused = AutoModel.from_config(config), AutoModel.from_config(fused_config)
-    fused.set_state_dict(plain.state_dict())
-    norms = [layer for layer in fused.sublayers() if isinstance(layer, paddle.nn.LayerNorm)]
-    assert norms and all(isinstance(layer, FusedLayerNorm) for layer in norms)
-    mlps = [layer for layer in fused.sublayers() if isinstance(layer, Mlp)]
-    assert len(mlps) == len(towers) + ("CoCa" in name) and all(mlp.fused_bias_gelu for mlp in mlps)
-    size = fused.visual.image_size
-    image = paddle.randn([2, 3, *size])
+    model = AutoModel.from_config(config)
+    model.eval()  # no drop path: the two runs would draw different paths
+    image = paddle.randn([2, 3, *model.visual.image_size])
     ids = paddle.randint(1, config.text_cfg.vocab_size - 1, [2, config.text_cfg.context_length])
-    losses, grads = [], []
-    for model in (plain, fused):
-        model.eval()  # no drop path: the two models would draw different paths
-        loss = training_loss(build_loss(model.config), model(image=image, input_ids=ids))
-        loss.backward()
-        losses.append(float(loss))
-        grads.append({name: p.grad.numpy() for name, p in model.named_parameters() if p.grad is not None})
-    assert abs(losses[1] - losses[0]) <= 1e-5 * max(1.0, abs(losses[0]))
-    assert grads[1].keys() == grads[0].keys()
-    for name in grads[0]:
-        np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-3, atol=1e-5, err_msg=name)
+    linears = CallCounter(monkeypatch, linear_module, "fused_linear")
+    norms = CallCounter(monkeypatch, norm_module, "fused_layer_norm")
+    fused_loss, fused_grads = loss_and_grads(model, image, ids)
+    layer_norms = [layer for layer in model.sublayers() if isinstance(layer, paddle.nn.LayerNorm)]
+    assert linears.calls > 0 and linears.ran == linears.calls
+    assert norms.ran == norms.calls >= len(layer_norms)
+    monkeypatch.setenv(external_ops.SWITCH, "0")
+    linears.ran = norms.ran = 0
+    plain_loss, plain_grads = loss_and_grads(model, image, ids)
+    assert linears.ran == norms.ran == 0
+    assert abs(fused_loss - plain_loss) <= 1e-5 * max(1.0, abs(plain_loss))
+    assert fused_grads.keys() == plain_grads.keys()
+    for key in plain_grads:
+        np.testing.assert_allclose(fused_grads[key], plain_grads[key], rtol=1e-3, atol=1e-5, err_msg=key)
 
 
-def test_fused_ln_reaches_eva_sub_ln_norms_and_computes_what_paddle_does(ops):
-    """fusedLN on an EVA02 tower: the attention and MLP sub-LN norms are fused too, not only ln_1/ln_2."""
-    config = AutoConfig.from_pretrained("paddlemix/EVA/EVA02-CLIP-B-16")
-    config.vision_cfg.layers = config.text_cfg.layers = 1
-    fused_config = copy.deepcopy(config)
-    fused_config.vision_cfg.fusedLN = True
-    paddle.seed(0)
-    plain, fused = AutoModel.from_config(config), AutoModel.from_config(fused_config)
-    fused.set_state_dict(plain.state_dict())
-    sub_lns = {path: type(layer) for path, layer in fused.visual.named_sublayers()
-               if path.endswith(("inner_attn_ln", "ffn_ln"))}
-    assert sorted(sub_lns) == ["transformer.resblocks.0.attn.inner_attn_ln", "transformer.resblocks.0.mlp.ffn_ln"]
-    assert set(sub_lns.values()) == {FusedLayerNorm}
-    image = paddle.randn([2, 3, *fused.visual.image_size])
-    plain.eval(), fused.eval()
-    with paddle.no_grad():
-        np.testing.assert_allclose(fused.encode_image(image).numpy(), plain.encode_image(image).numpy(),
-                                   rtol=0, atol=1e-4)
+def test_the_switch_leaves_the_ops_unbuilt(tmp_path):
+    """PPMIX_FUSED_OPS=0: a model trains a step with Paddle's ops, and nothing is compiled."""
+    script = textwrap.dedent("""
+        import paddle
+        from paddlemix import AutoConfig, AutoModel
+        from paddlemix.external_ops import fused_ops
+        config = AutoConfig.from_pretrained("paddlemix/CLIP/ViT-B-32")
+        config.vision_cfg.layers = config.text_cfg.layers = 1
+        model = AutoModel.from_config(config)
+        out = model(image=paddle.randn([2, 3, 224, 224]), input_ids=paddle.randint(1, 100, [2, 77]))
+        out["image_features"].sum().backward()
+        print("module", fused_ops())
+    """)
+    env = dict(os.environ, PPMIX_HOME=str(tmp_path), **{external_ops.SWITCH: "0"})
+    output = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert output.returncode == 0, output.stderr
+    assert "module None" in output.stdout
+    assert not (tmp_path / "external_ops").exists()
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -65,10 +65,35 @@ def test_a_misspelled_flag_fails_naming_the_closest_valid_ones(capsys):
 
 
 def test_fp16_on_cpu_warns_once_and_trains_in_float32(caplog):
-    _, _, args = parse_arguments(["--output_dir", "x", "--bf16", "true"])
+    _, _, args = parse_arguments(["--output_dir", "x", "--fp16", "true"])
     with caplog.at_level(logging.WARNING, logger="paddlemix"):
         check_platform(args)
-    assert not args.bf16 and "GPUs only" in caplog.text
+    assert not args.fp16 and "GPUs only" in caplog.text
+
+
+@pytest.mark.parametrize("cpu_has_bf16", [False, True], ids=["cpu_without_bf16", "cpu_with_bf16"])
+def test_bf16_on_cpu_runs_the_gemms_in_bf16_where_the_cpu_can_and_warns_where_it_cannot(
+        setup, tmp_path, monkeypatch, caplog, cpu_has_bf16):
+    """Every forward pass (training and the final evaluation) asks the fused Linears for bf16 GEMMs on
+    a CPU with bf16 instructions; elsewhere it asks for none, and one warning says the run is float32."""
+    from paddlemix.models.layers import linear as linear_module
+    from paddlemix.trainer.run import run_pretrain
+    from paddlemix.utils import log, platform
+
+    monkeypatch.setattr(platform, "cpu_supports_bf16", lambda: cpu_has_bf16)
+    monkeypatch.setattr(log, "_already_warned", set())  # said once per process: maybe by an earlier test
+    asked, original = set(), linear_module.fused_linear
+
+    def spy(x, weight, bias, activation=None, bf16=False, ops=None):
+        asked.add(bf16)
+        return original(x, weight, bias, activation, bf16=bf16, ops=ops)
+
+    monkeypatch.setattr(linear_module, "fused_linear", spy)
+    with caplog.at_level(logging.INFO, logger="paddlemix"):
+        run_pretrain(flags(setup, tmp_path / "run", "--max_steps", "1", "--warmup_steps", "0", "--save_steps", "1000",
+                           "--bf16", "true"))
+    assert asked == {cpu_has_bf16}
+    assert ("no bfloat16 instructions" in caplog.text) != cpu_has_bf16
 
 
 def test_stage2_sharding_and_tensor_parallel_on_cpu_fail_at_start_up(setup):

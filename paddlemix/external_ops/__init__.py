@@ -1,13 +1,18 @@
 """Custom operators, built on first use with Paddle's C++ extension toolchain (JIT) and cached.
 
-`fused_ops()` returns the compiled module, or None where it cannot be built here; the models then
-use Paddle's own ops, and one warning per process says why. Its ops, forward and backward:
+The models use them wherever they build and can take the tensors, with no config key:
+`PPMIX_FUSED_OPS=0` in the environment turns them off (Paddle's own ops then run everywhere).
+`fused_ops()` returns the compiled module, or None where it is switched off or cannot be built here;
+the models then use Paddle's ops, and one warning per process says why. Its ops, forward and backward:
+- `onednn_linear`: act(x W + b), act none, exact GELU or QuickGELU, its GEMMs by oneDNN's matmul
+  primitive (Paddle's own libdnnl) with the bias and activation as epilogues (CPU, float32);
 - `fused_ln`: layer norm over the last dimension, with its float32 row statistics;
-- `fused_bias_gelu`: exact GELU or QuickGELU of x + bias.
-CPU kernels take float32/float64; where Paddle has CUDA the CUDA kernels are built too (float32,
-float16, bfloat16). `python setup.py install` in this directory installs the same module instead.
-Several processes that start together (paddle.distributed.launch) build once: the first takes a
-file lock on the build directory, the others wait for it and load the result.
+- `fused_bias_gelu`: exact GELU or QuickGELU of x + bias (the GPU MLPs' epilogue).
+CPU kernels take float32 (fused_ln and fused_bias_gelu float64 too); where Paddle has CUDA the CUDA
+kernels of fused_ln and fused_bias_gelu are built too (float32, float16, bfloat16). `python setup.py
+install` in this directory installs the same module instead. Several processes that start together
+(paddle.distributed.launch) build once: the first takes a file lock on the build directory, the
+others wait for it and load the result.
 """
 
 import fcntl
@@ -24,6 +29,8 @@ from ..utils.hub import ppmix_home
 from ..utils.log import logger
 from .build_flags import CXX_FLAGS, MODULE_NAME, NVCC_FLAGS, SOURCE_DIRECTORY, link_flags, source_paths
 
+SWITCH = "PPMIX_FUSED_OPS"  # "0": the models use Paddle's own ops only
+ACTIVATIONS = {None: 0, "gelu": 1, "quick_gelu": 2}  # onednn_linear's `activation` attribute
 _state = {"module": None, "tried": False}
 
 
@@ -59,7 +66,7 @@ def _installed():
         module = importlib.import_module(MODULE_NAME)
     except ImportError:
         return None
-    if all(hasattr(module, op) for op in ("fused_ln", "fused_bias_gelu")):
+    if all(hasattr(module, op) for op in ("fused_ln", "fused_bias_gelu", "onednn_linear")):
         return module
     logger.warning("the installed %s (%s) lacks an op; building the current sources instead", MODULE_NAME,
                    getattr(module, "__file__", "?"))
@@ -68,15 +75,18 @@ def _installed():
 
 def fused_ops(required: bool = False):
     """The compiled custom-op module: the installed one, else built once per process (and cached);
-    None (after one warning) when it cannot be built, or an error with `required`."""
+    None when PPMIX_FUSED_OPS=0 or (after one warning) when it cannot be built. `required`: the
+    module whatever the switch says, or an error where it cannot be built."""
+    if not required and os.environ.get(SWITCH, "1") == "0":
+        return None
     if not _state["tried"]:
         _state["tried"] = True
         try:
             _state["module"] = _installed() or _build()
         except (OSError, RuntimeError, ValueError, ImportError) as err:  # no compiler, headers, disk...
             _state["error"] = err
-            logger.warning("paddlemix fused ops unavailable (%s: %s); using Paddle's own layer norm and GELU",
-                           type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            logger.warning("paddlemix fused ops unavailable (%s: %s); using Paddle's own ops (%s=0 silences this)",
+                           type(err).__name__, str(err).splitlines()[0] if str(err) else "", SWITCH)
     if _state["module"] is None and required:
         raise RuntimeError(f"paddlemix fused ops could not be built: {_state.get('error')}")
     return _state["module"]
@@ -92,9 +102,26 @@ def fused_layer_norm(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tenso
     """y of the fused_ln op over x's last dimension, or None where the op cannot run x (a GPU tensor
     with this CPU build, a half-precision dtype)."""
     ops = ops or fused_ops()
-    if not _can_run(ops, x):
+    if not _can_run(ops, x) or weight.dtype != x.dtype or bias.dtype != x.dtype:
         return None
     return ops.fused_ln(x, weight, bias, epsilon, cpu_threads())[0]
+
+
+def fused_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor], activation: Optional[str] = None,
+                 bf16: bool = False, ops=None) -> Optional[paddle.Tensor]:
+    """act(x @ weight + bias) by the onednn_linear op (`activation`: None, "gelu" or "quick_gelu"), or
+    None where it cannot run these tensors (not all float32 on CPU). `bf16`: the GEMMs may multiply
+    in bfloat16 (float32 tensors and sums) where the CPU has bf16 instructions."""
+    ops = ops or fused_ops()
+    if ops is None or not x.place.is_cpu_place() or x.dtype != paddle.float32 or weight.dtype != paddle.float32:
+        return None
+    if bias is None:
+        bias = paddle.zeros([weight.shape[-1]], dtype=weight.dtype)
+    elif bias.dtype != paddle.float32:
+        return None
+    # the pre-activation is kept only where a backward pass can follow
+    keep = paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient and bias.stop_gradient)
+    return ops.onednn_linear(x, weight, bias, ACTIVATIONS[activation], keep, bf16, cpu_threads())[0]
 
 
 def fused_bias_gelu(x: paddle.Tensor, bias: paddle.Tensor, quick: bool, ops=None) -> Optional[paddle.Tensor]:

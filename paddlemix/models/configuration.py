@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
+from ..utils.log import logger
 from .towers import DEFAULT_TEXT_KIND, text_config_class
 
 CONFIG_NAME = "config.json"
@@ -23,9 +24,19 @@ INTERPOLATIONS = ("bicubic", "bilinear")  # image resampling filters (processors
 RESIZE_MODES = ("shortest", "squash", "longest")  # open_clip's resize_mode values
 
 
+# Keys that once chose paddlemix's fused kernels (fusedLN is PaddleMIX's too). The fused ops now run
+# wherever they build, whatever a config says (PPMIX_FUSED_OPS=0 turns them off): read and dropped.
+RETIRED_KERNEL_KEYS = ("fusedLN", "fused_bias_gelu")
+
+
 def _from_dict(cls, values: Dict[str, Any], where: str):
     """Build dataclass `cls` from `values`, naming `where` and the closest valid keys on a typo."""
     known = {f.name for f in dataclasses.fields(cls)}
+    retired = [key for key in RETIRED_KERNEL_KEYS if key in values and key not in known]
+    if retired:
+        logger.info(f"{where}: {', '.join(retired)} no longer choose kernels: paddlemix's fused ops run wherever "
+                  "they build (PPMIX_FUSED_OPS=0 turns them off)")
+        values = {key: value for key, value in values.items() if key not in retired}
     unknown = sorted(set(values) - known)
     if unknown:
         hints = []
@@ -37,15 +48,7 @@ def _from_dict(cls, values: Dict[str, Any], where: str):
 
 
 @dataclass
-class FusedOpsOptions:
-    """Per tower: which of paddlemix's fused ops (paddlemix.external_ops) it uses where they can run."""
-
-    fusedLN: bool = False  # LayerNorms by the fused_ln op (PaddleMIX's key)
-    fused_bias_gelu: bool = False  # the MLPs' bias + GELU by the fused_bias_gelu op
-
-
-@dataclass
-class VisionConfig(FusedOpsOptions):
+class VisionConfig:
     """ViT image tower. `width // head_width` heads; `mlp_ratio * width` hidden units.
 
     The defaults are OpenAI CLIP's ViT; EVA-CLIP's towers switch on the options below the line.
@@ -87,7 +90,7 @@ class VisionConfig(FusedOpsOptions):
 
 
 @dataclass
-class TextConfig(FusedOpsOptions):
+class TextConfig:
     """Causal text transformer with argmax-EOT pooling (OpenAI CLIP); `kind` "clip" in models.towers."""
 
     kind: str = "clip"
@@ -113,7 +116,7 @@ class TextConfig(FusedOpsOptions):
 
 
 @dataclass
-class MultimodalConfig(FusedOpsOptions):
+class MultimodalConfig:
     """CoCa's captioning decoder: causal self-attention + cross-attention to the image tokens per layer."""
 
     context_length: int = 76

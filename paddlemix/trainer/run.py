@@ -20,7 +20,7 @@ from ..models.loss_registry import build_loss
 from ..processors import get_tokenizer
 from ..processors.image_transforms import image_transform_for
 from ..utils.log import logger, warn_once
-from ..utils.platform import check_platform
+from ..utils.platform import check_platform, cpu_bf16_gemms
 from .arguments import CLIPTrainingArguments, DataArguments, ModelArguments, parse_arguments, with_default_model
 from .checkpoints import remove_previous_run, resolve_resume
 from .evaluation import TrainingEvaluation
@@ -59,6 +59,7 @@ def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[s
     argv = with_default_model(argv, default_model)
     model_args, data_args, args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bf16_gemms = cpu_bf16_gemms(args)  # before check_platform, which turns Paddle's (GPU-only) AMP off on CPU
     check_platform(args)
     paddle.seed(args.seed)
     model = build_model(model_args, args)
@@ -71,7 +72,7 @@ def run_pretrain(argv: Optional[Sequence[str]] = None, default_model: Optional[s
         evaluation = TrainingEvaluation(data_args.classification_eval, retrieval, args.per_device_eval_batch_size,
                                         args.dataloader_num_workers, tokenizer, validation_pairs(retrieval, model),
                                         loss_fn)
-    trainer = CLIPTrainer(model, args, dataset, tokenizer, loss_fn, evaluation)
+    trainer = CLIPTrainer(model, args, dataset, tokenizer, loss_fn, evaluation, bf16_gemms=bf16_gemms)
     resume = resume_point(args)
     if resume:
         logger.info("resuming from %s", resume)

@@ -18,6 +18,7 @@ from paddlenlp.trainer.integrations import VisualDLCallback
 from ..data.loader import ImageTextLoader
 from ..data.pair_keys import pair_keys_of
 from ..models.hub import WEIGHTS_NAME
+from ..models.layers.kernels import bf16_gemm_scope
 from ..models.loss_registry import training_loss
 from ..models.state_dict import load_state_dict_strict
 from ..models.weights_file import read_pdparams
@@ -125,7 +126,8 @@ class ScalarVisualDLCallback(VisualDLCallback):
 class CLIPTrainer(Trainer):
     """PaddleNLP Trainer over paddlemix's ImageTextLoader and optimizer; see module docstring."""
 
-    def __init__(self, model, args, train_dataset, tokenizer, loss_fn, evaluation=None):
+    def __init__(self, model, args, train_dataset, tokenizer, loss_fn, evaluation=None, bf16_gemms: bool = False):
+        self.bf16_gemms = bf16_gemms  # the Linears' GEMMs in bfloat16 (--bf16 on a CPU with bf16 instructions)
         self.preemption = PreemptionCallback()
         super().__init__(model=model, args=args, train_dataset=train_dataset, tokenizer=tokenizer,
                          callbacks=[self.preemption, LogitScaleClamp(), SaveFinalStep()])
@@ -161,6 +163,14 @@ class CLIPTrainer(Trainer):
             beta1=args.adam_beta1, beta2=args.adam_beta2, epsilon=args.adam_epsilon, max_grad_norm=args.max_grad_norm,
             flat=bool(args.sharding),  # sharding stage1 refuses parameter groups
         )
+
+    def autocast_smart_context_manager(self):
+        """Around every forward pass: PaddleNLP's AMP context (GPUs), and the Linears' bfloat16 GEMMs
+        with --bf16 on a CPU with bf16 instructions (their backward passes keep that precision)."""
+        scope = contextlib.ExitStack()
+        scope.enter_context(super().autocast_smart_context_manager())
+        scope.enter_context(bf16_gemm_scope(self.bf16_gemms))
+        return scope
 
     def compute_loss(self, model, inputs, return_outputs=False):
         outputs = model(image=inputs["image"], input_ids=inputs["input_ids"])  # the pair keys go to the loss alone

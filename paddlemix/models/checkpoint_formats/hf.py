@@ -69,7 +69,7 @@ ACTIVATIONS = {"quick_gelu": True, "gelu": False}  # hidden_act -> CLIPConfig.qu
 PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling codes, as preprocessor_config.json stores them
 # Options that change no weight and no inference result (kernels), and training-only regularisers:
 # exported formats have no place for them, so exports leave them behind.
-RUNTIME_OPTIONS = {"fusedLN", "fused_bias_gelu", "xattn"}
+RUNTIME_OPTIONS = {"xattn"}
 TRAINING_OPTIONS = {"patch_dropout", "drop_path_rate"}
 HF_VISION_FIELDS = {"image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio", "norm_eps"}
 HF_TEXT_FIELDS = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "pad_id"}

@@ -35,8 +35,8 @@ ATTENTIONAL_POOLER = "visual.attn_pool.attn"
 
 # ---- config.json ------------------------------------------------------------------------------------
 # PaddleMIX tower keys that change nothing in the architecture (runtime, parallelism, outputs).
-RUNTIME_KEYS = {"embed_dim", "output_tokens", "fusedlinear", "flash_attn", "fuse_qv", "enable_recompute",
-                "attn_mask", "cast_dtype", "token_feats", "drop_rate", "attn_drop_rate", "init_scale",
+RUNTIME_KEYS = {"embed_dim", "output_tokens", "fusedLN", "fusedlinear", "flash_attn", "fuse_qv",
+                "enable_recompute", "attn_mask", "cast_dtype", "token_feats", "drop_rate", "attn_drop_rate", "init_scale",
                 "in_chans", "return_dict", "model_type", "architectures", "dtype"}
 VISION_KEYS = {"image_size": "image_size", "patch_size": "patch_size", "width": "width", "layers": "layers",
                "head_width": "head_width", "mlp_ratio": "mlp_ratio", "ls_init_value": "ls_init_value",
@@ -44,10 +44,10 @@ VISION_KEYS = {"image_size": "image_size", "patch_size": "patch_size", "width": 
                "n_queries": "attn_pooler_queries", "attn_pooler_heads": "attn_pooler_heads", "xattn": "xattn"}
 EVA_VISION_KEYS = {"init_values": "ls_init_value", "drop_path_rate": "drop_path_rate", "rope": "rope",
                    "postnorm": "postnorm", "pt_hw_seq_len": "pt_hw_seq_len", "intp_freq": "intp_freq",
-                   "naiveswiglu": "naiveswiglu", "subln": "subln", "fusedLN": "fusedLN"}
+                   "naiveswiglu": "naiveswiglu", "subln": "subln"}
 TEXT_KEYS = {"context_length": "context_length", "vocab_size": "vocab_size", "width": "width", "heads": "heads",
              "layers": "layers", "mlp_ratio": "mlp_ratio", "ls_init_value": "ls_init_value", "xattn": "xattn",
-             "pad_id": "pad_id", "embed_cls": "embed_cls", "fusedLN": "fusedLN"}
+             "pad_id": "pad_id", "embed_cls": "embed_cls"}
 MULTIMODAL_KEYS = {"context_length": "context_length", "vocab_size": "vocab_size", "width": "width",
                    "heads": "heads", "layers": "layers", "mlp_ratio": "mlp_ratio", "ls_init_value": "ls_init_value"}
 # EVA options of PaddleMIX's EVAVisionTransformerConfig that paddlemix's EVA tower has fixed, with

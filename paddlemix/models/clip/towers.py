@@ -61,8 +61,6 @@ def vision_block_options(cfg: VisionConfig, quick_gelu: bool, tensor_parallel_de
         postnorm=cfg.postnorm,
         norm_eps=cfg.norm_eps,
         xattn=cfg.xattn,
-        fused_ln=cfg.fusedLN,
-        fused_bias_gelu=cfg.fused_bias_gelu,
         tensor_parallel_degree=tensor_parallel_degree,
     )
 
@@ -122,7 +120,7 @@ class VisionTransformer(BlockStackTower):
             self.register_buffer("rope", paddle.to_tensor(rope_rotations(sin_cos)), persistable=False)
         else:
             self.rope = None
-        self.ln_pre = nn.Identity() if cfg.no_ln_pre else layer_norm(width, cfg.norm_eps, cfg.fusedLN)
+        self.ln_pre = nn.Identity() if cfg.no_ln_pre else layer_norm(width, cfg.norm_eps)
         self.transformer = Transformer(
             width, cfg.layers, cfg.heads, vision_block_options(cfg, quick_gelu, tensor_parallel_degree), cfg.drop_path_rate
         )
@@ -131,12 +129,11 @@ class VisionTransformer(BlockStackTower):
             raise ValueError("vision_cfg: final_ln_after_pool does not apply with attentional_pool (ln_post always "
                              "normalises the pooled queries, as in open_clip's CoCa); unset one of them")
         if cfg.attentional_pool:  # CoCa: the queries, not the tokens, are layer-normed, pooled and projected
-            self.attn_pool = AttentionalPooler(output_dim, width, cfg.attn_pooler_heads, cfg.attn_pooler_queries,
-                                              cfg.fusedLN)
+            self.attn_pool = AttentionalPooler(output_dim, width, cfg.attn_pooler_heads, cfg.attn_pooler_queries)
             pool_width = output_dim
         else:
             self.attn_pool = None
-        self.ln_post = layer_norm(pool_width, cfg.norm_eps, cfg.fusedLN)
+        self.ln_post = layer_norm(pool_width, cfg.norm_eps)
         self.proj = self.create_parameter([pool_width, output_dim], default_initializer=Normal(std=scale))
         if cfg.proj_bias:
             self.proj_bias = self.create_parameter([output_dim], default_initializer=nn.initializer.Constant(0.0))
@@ -217,12 +214,10 @@ class TextTransformer(BlockStackTower):
             [cfg.context_length + int(cfg.embed_cls), width], default_initializer=Normal(std=0.01)
         )
         options = BlockOptions(
-            cfg.mlp_ratio, cfg.ls_init_value, quick_gelu, xattn=cfg.xattn, fused_ln=cfg.fusedLN,
-            fused_bias_gelu=cfg.fused_bias_gelu,
-            tensor_parallel_degree=tensor_parallel_degree,
+            cfg.mlp_ratio, cfg.ls_init_value, quick_gelu, xattn=cfg.xattn, tensor_parallel_degree=tensor_parallel_degree,
         )
         self.transformer = Transformer(width, cfg.layers, cfg.heads, options)
-        self.ln_final = layer_norm(width, 1e-5, cfg.fusedLN)
+        self.ln_final = layer_norm(width, 1e-5)
         if cfg.proj_bias:
             self.text_projection = nn.Linear(width, output_dim)
         else:

@@ -20,11 +20,10 @@ class MultimodalDecoder(nn.Layer):
         self.context_length = cfg.context_length
         self.width = cfg.width
         self.recompute = False
-        options = BlockOptions(cfg.mlp_ratio, cfg.ls_init_value, quick_gelu, fused_ln=cfg.fusedLN,
-                               fused_bias_gelu=cfg.fused_bias_gelu)
+        options = BlockOptions(cfg.mlp_ratio, cfg.ls_init_value, quick_gelu)
         self.resblocks = nn.LayerList([ResidualAttentionBlock(cfg.width, cfg.heads, options) for _ in range(cfg.layers)])
         self.cross_attn = nn.LayerList([CrossAttentionBlock(cfg.width, cfg.heads, options) for _ in range(cfg.layers)])
-        self.ln_final = layer_norm(cfg.width, 1e-5, cfg.fusedLN)
+        self.ln_final = layer_norm(cfg.width, 1e-5)
         self.text_projection = self.create_parameter(
             [cfg.width, cfg.vocab_size], default_initializer=Normal(std=cfg.width**-0.5)
         )

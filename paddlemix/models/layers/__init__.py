@@ -2,7 +2,7 @@
 
 from .attention import Attention, CrossAttention, KVCache, causal_mask, scaled_dot_product_attention
 from .pooling import AttentionalPooler
-from .mlp import Mlp, QuickGELU, SwiGLU, activation_layer
+from .mlp import Mlp, SwiGLU
 from .rope import apply_rope, rope_rotations, rope_sin_cos
 from .transformer import BlockOptions, CrossAttentionBlock, LayerScale, ResidualAttentionBlock, Transformer, run_block
 
@@ -15,11 +15,9 @@ __all__ = [
     "KVCache",
     "LayerScale",
     "Mlp",
-    "QuickGELU",
     "ResidualAttentionBlock",
     "SwiGLU",
     "Transformer",
-    "activation_layer",
     "apply_rope",
     "causal_mask",
     "rope_rotations",

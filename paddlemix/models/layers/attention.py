@@ -81,7 +81,6 @@ class Attention(nn.Layer):
         norm_eps: float = 1e-5,
         xattn: bool = False,
         tensor_parallel_degree: int = 1,
-        fused_ln: bool = False,
     ):
         super().__init__()
         if width % heads:
@@ -98,7 +97,7 @@ class Attention(nn.Layer):
             self.v_bias = self.create_parameter([self.local_width], default_initializer=zeros)
         else:
             self.q_bias = self.v_bias = None
-        self.inner_attn_ln = layer_norm(width, norm_eps, fused_ln, tensor_parallel_degree) if subln else nn.Identity()
+        self.inner_attn_ln = layer_norm(width, norm_eps, tensor_parallel_degree) if subln else nn.Identity()
         self.out_proj = row_linear(width, width, tensor_parallel_degree)
 
     def forward(

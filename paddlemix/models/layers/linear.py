@@ -1,4 +1,15 @@
-"""The Linear layer every block uses (one place to swap in parallel or fused variants later)."""
+"""The Linear every block uses, with its activation as an epilogue: one place for the fast paths.
+
+`linear(x, weight, bias, activation)` computes act(x @ weight + bias) (act: None, "gelu" or
+"quick_gelu") by, in order of preference:
+- paddlemix's onednn_linear op (float32 on CPU; external_ops): the GEMMs in oneDNN's matmul
+  primitive with the bias and the activation fused, forward and backward;
+- on a GPU, Paddle's matmul and the fused_bias_gelu op for bias + activation;
+- Paddle's ops: addmm (the bias inside the GEMM: on CPU Paddle's broadcast add after a matmul costs as
+  much as a tenth of the matmul) and the activation.
+An exported graph keeps matmul + add + activation, which Paddle Inference fuses into a oneDNN fc
+(see kernels).
+"""
 
 from typing import Optional
 
@@ -6,20 +17,41 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .kernels import exporting
+from ...external_ops import fused_bias_gelu, fused_linear
+from .kernels import bf16_gemms, exporting
+
+ACTIVATIONS = (None, "gelu", "quick_gelu")
 
 
-def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None) -> paddle.Tensor:
-    """x [..., in] @ weight [in, out] + bias [out], the bias added inside the GEMM.
+def quick_gelu(x: paddle.Tensor) -> paddle.Tensor:
+    """x * sigmoid(1.702 x): the activation OpenAI's CLIP weights were trained with."""
+    return x * F.sigmoid(1.702 * x)
 
-    On CPU, Paddle's broadcast bias add after the matmul costs as much as a tenth of the matmul
-    itself (10 ms of 36 ms for [1600, 768] x [768, 3072]); `addmm` folds it into the GEMM. An
-    exported graph keeps matmul + add, which Paddle Inference fuses into a oneDNN fc (see kernels).
-    """
-    if bias is None or x.ndim < 2 or exporting():
-        return F.linear(x, weight, bias)
+
+def activate(x: paddle.Tensor, activation: Optional[str]) -> paddle.Tensor:
+    if activation is None:
+        return x
+    return quick_gelu(x) if activation == "quick_gelu" else F.gelu(x)
+
+
+def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,
+           activation: Optional[str] = None) -> paddle.Tensor:
+    """act(x [..., in] @ weight [in, out] + bias [out]) by the fastest path that can run it (see above)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if exporting():
+        return activate(F.linear(x, weight, bias), activation)
+    y = fused_linear(x, weight, bias, activation, bf16=bf16_gemms())
+    if y is not None:
+        return y
+    if activation is not None and bias is not None and x.place.is_gpu_place():
+        y = fused_bias_gelu(paddle.matmul(x, weight), bias, activation == "quick_gelu")
+        if y is not None:
+            return y
+    if bias is None or x.ndim < 2:
+        return activate(F.linear(x, weight, bias), activation)
     flat = paddle.addmm(bias, x.reshape([-1, x.shape[-1]]), weight)
-    return flat.reshape([*x.shape[:-1], flat.shape[-1]])
+    return activate(flat.reshape([*x.shape[:-1], flat.shape[-1]]), activation)
 
 
 class Linear(nn.Linear):

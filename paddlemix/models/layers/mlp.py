@@ -1,36 +1,20 @@
-"""Transformer feed-forward blocks and their activations."""
+"""Transformer feed-forward blocks."""
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ...external_ops import fused_bias_gelu, fused_ops
-from ...utils.log import warn_once
-from .kernels import exporting
-from .linear import linear
+from .linear import Linear, activate, linear
 from .norm import layer_norm
 from .parallel import column_linear, row_linear
-
-
-class QuickGELU(nn.Layer):
-    """x * sigmoid(1.702 x): the activation OpenAI's CLIP weights were trained with."""
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return x * F.sigmoid(1.702 * x)
-
-
-def activation_layer(quick_gelu: bool) -> nn.Layer:
-    """QuickGELU for OpenAI-trained weights, else exact (erf) GELU as in open_clip."""
-    return QuickGELU() if quick_gelu else nn.GELU()
 
 
 class Mlp(nn.Layer):
     """c_fc -> activation -> [ffn_ln] -> c_proj (names as in open_clip; ffn_ln is EVA's sub-LN).
 
-    With tensor parallelism c_fc is column- and c_proj row-parallel. With `fused_bias_gelu` (and the
-    op built here; else one warning) c_fc's bias and the activation run in paddlemix's
-    fused_bias_gelu op after a bias-free GEMM; same parameters, same result. Inputs the op cannot
-    take (see external_ops) and exported graphs use the plain path.
+    The activation is exact (erf) GELU as in open_clip, or QuickGELU for OpenAI-trained weights; it
+    runs as c_fc's epilogue (layers.linear). With tensor parallelism c_fc is column- and c_proj
+    row-parallel, and the activation follows c_fc's own forward.
     """
 
     # hidden units split over tensor-parallel ranks: c_fc by output, c_proj by input
@@ -45,29 +29,20 @@ class Mlp(nn.Layer):
         subln: bool = False,
         norm_eps: float = 1e-5,
         tensor_parallel_degree: int = 1,
-        fused_bias_gelu: bool = False,
-        fused_ln: bool = False,
     ):
         super().__init__()
         self.c_fc = column_linear(width, hidden, True, tensor_parallel_degree)
-        self.act = activation_layer(quick_gelu)
-        self.quick_gelu = quick_gelu
-        if fused_bias_gelu and tensor_parallel_degree > 1:
-            warn_once("fused_bias_gelu is not used with tensor parallelism: the parallel c_fc adds its own bias")
-        self.fused_bias_gelu = fused_bias_gelu and tensor_parallel_degree == 1 and fused_ops() is not None
-        self.ffn_ln = layer_norm(hidden, norm_eps, fused_ln, tensor_parallel_degree) if subln else nn.Identity()
+        self.activation = "quick_gelu" if quick_gelu else "gelu"
+        self.ffn_ln = layer_norm(hidden, norm_eps, tensor_parallel_degree) if subln else nn.Identity()
         self.c_proj = row_linear(hidden, width, tensor_parallel_degree)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.c_proj(self.ffn_ln(self.activated_hidden(x)))
 
     def activated_hidden(self, x: paddle.Tensor) -> paddle.Tensor:
-        if self.fused_bias_gelu and not exporting():
-            hidden = fused_bias_gelu(linear(x, self.c_fc.weight), self.c_fc.bias, self.quick_gelu)
-            if hidden is not None:
-                return hidden
-            warn_once(f"fused_bias_gelu cannot take {x.dtype} tensors on {x.place}; using Paddle's ops for them")
-        return self.act(self.c_fc(x))
+        if isinstance(self.c_fc, Linear):
+            return linear(x, self.c_fc.weight, self.c_fc.bias, self.activation)
+        return activate(self.c_fc(x), self.activation)  # a parallel layer runs its own forward
 
 
 class SwiGLU(nn.Layer):
@@ -83,12 +58,11 @@ class SwiGLU(nn.Layer):
         subln: bool = False,
         norm_eps: float = 1e-5,
         tensor_parallel_degree: int = 1,
-        fused_ln: bool = False,
     ):
         super().__init__()
         self.w1 = column_linear(width, hidden, True, tensor_parallel_degree)
         self.w2 = column_linear(width, hidden, True, tensor_parallel_degree)
-        self.ffn_ln = layer_norm(hidden, norm_eps, fused_ln, tensor_parallel_degree) if subln else nn.Identity()
+        self.ffn_ln = layer_norm(hidden, norm_eps, tensor_parallel_degree) if subln else nn.Identity()
         self.w3 = row_linear(hidden, width, tensor_parallel_degree)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:

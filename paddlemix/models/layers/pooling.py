@@ -11,12 +11,12 @@ class AttentionalPooler(nn.Layer):
     """`queries` learned vectors of `width` attend to the layer-normed tokens: [batch, tokens,
     context_width] -> [batch, queries, width] (open_clip's AttentionalPooler)."""
 
-    def __init__(self, width: int, context_width: int, heads: int = 8, queries: int = 256, fused_ln: bool = False):
+    def __init__(self, width: int, context_width: int, heads: int = 8, queries: int = 256):
         super().__init__()
         self.query = self.create_parameter([queries, width], default_initializer=nn.initializer.Normal())
         self.attn = CrossAttention(width, heads, context_width)
-        self.ln_q = layer_norm(width, 1e-5, fused_ln)
-        self.ln_k = layer_norm(context_width, 1e-5, fused_ln)
+        self.ln_q = layer_norm(width, 1e-5)
+        self.ln_k = layer_norm(context_width, 1e-5)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         key, value = self.attn.context_kv(self.ln_k(x))

@@ -28,8 +28,6 @@ class BlockOptions:
     postnorm: bool = False  # x + ln(f(x)) instead of x + f(ln(x))
     norm_eps: float = 1e-5
     xattn: bool = False
-    fused_ln: bool = False  # the block's LayerNorms by paddlemix's fused_ln op (see layers.norm)
-    fused_bias_gelu: bool = False  # the MLP's bias + GELU by paddlemix's fused_bias_gelu op (see layers.mlp)
     tensor_parallel_degree: int = 1  # see layers.parallel
 
 
@@ -52,21 +50,19 @@ class ResidualAttentionBlock(nn.Layer):
     def __init__(self, width: int, heads: int, options: BlockOptions = BlockOptions(), drop_path: float = 0.0):
         super().__init__()
         self.postnorm = options.postnorm
-        self.ln_1 = layer_norm(width, options.norm_eps, options.fused_ln)
+        self.ln_1 = layer_norm(width, options.norm_eps)
         degree = options.tensor_parallel_degree
-        self.attn = Attention(width, heads, options.attn_bias, options.subln, options.norm_eps, options.xattn, degree,
-                              options.fused_ln)
-        self.ln_2 = layer_norm(width, options.norm_eps, options.fused_ln)
+        self.attn = Attention(width, heads, options.attn_bias, options.subln, options.norm_eps, options.xattn, degree)
+        self.ln_2 = layer_norm(width, options.norm_eps)
         hidden = int(width * options.mlp_ratio)
         if hidden % degree or heads % degree:
             raise ValueError(
                 f"tensor_parallel_degree {degree} must divide the {heads} attention heads and the {hidden} MLP units"
             )
         if options.swiglu:
-            self.mlp = SwiGLU(width, hidden, options.subln, options.norm_eps, degree, options.fused_ln)
+            self.mlp = SwiGLU(width, hidden, options.subln, options.norm_eps, degree)
         else:
-            self.mlp = Mlp(width, hidden, options.quick_gelu, options.subln, options.norm_eps, degree,
-                           options.fused_bias_gelu, options.fused_ln)
+            self.mlp = Mlp(width, hidden, options.quick_gelu, options.subln, options.norm_eps, degree)
         with_scale = options.ls_init_value is not None
         self.ls_1 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
         self.ls_2 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
@@ -92,12 +88,11 @@ class CrossAttentionBlock(nn.Layer):
 
     def __init__(self, width: int, heads: int, options: BlockOptions = BlockOptions()):
         super().__init__()
-        self.ln_1 = layer_norm(width, options.norm_eps, options.fused_ln)
-        self.ln_1_kv = layer_norm(width, options.norm_eps, options.fused_ln)
+        self.ln_1 = layer_norm(width, options.norm_eps)
+        self.ln_1_kv = layer_norm(width, options.norm_eps)
         self.attn = CrossAttention(width, heads, width)
-        self.ln_2 = layer_norm(width, options.norm_eps, options.fused_ln)
-        self.mlp = Mlp(width, int(width * options.mlp_ratio), options.quick_gelu, norm_eps=options.norm_eps,
-                       fused_bias_gelu=options.fused_bias_gelu)
+        self.ln_2 = layer_norm(width, options.norm_eps)
+        self.mlp = Mlp(width, int(width * options.mlp_ratio), options.quick_gelu, norm_eps=options.norm_eps)
         with_scale = options.ls_init_value is not None
         self.ls_1 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
         self.ls_2 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
