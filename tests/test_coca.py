@@ -9,6 +9,7 @@ import paddle
 import pytest
 
 from paddlemix import AutoConfig, AutoModel
+from paddlemix.external_ops import SWITCH
 from paddlemix.models.coca import CoCaLoss, decode_captions
 from paddlemix.models.modeling_utils import parameter_count
 from paddlemix.models.registry import list_models
@@ -96,7 +97,9 @@ def test_token_ids_outside_the_vocabulary_are_refused(converted):
         model.generate(paddle.to_tensor(reference["image"]), seq_len=8)
 
 
-def test_recompute_gives_the_same_gradients(converted):
+def test_recompute_gives_the_same_gradients(converted, monkeypatch):
+    """Paddle's ops in both runs (blocks under recompute always use them), so the two must agree exactly."""
+    monkeypatch.setenv(SWITCH, "0")
     model, reference = converted
     image, text = paddle.to_tensor(reference["image"]), paddle.to_tensor(reference["text"])
     model.train()

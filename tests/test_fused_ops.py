@@ -17,6 +17,8 @@ import pytest
 import paddlemix.external_ops as external_ops
 from paddlemix import AutoConfig, AutoModel
 from paddlemix.external_ops import cpu_threads, fused_ops
+from paddlemix.models.layers import attention as attention_module
+from paddlemix.models.layers import embedding as embedding_module
 from paddlemix.models.layers import linear as linear_module
 from paddlemix.models.layers import norm as norm_module
 from paddlemix.models.layers.norm import layer_norm
@@ -232,8 +234,8 @@ def loss_and_grads(model, image, ids):
                                   "paddlemix/EVA/EVA02-CLIP-B-16", "paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k"])
 @pytest.mark.parametrize("quick_gelu", [False, True], ids=["gelu", "quick_gelu"])
 def test_models_use_the_fused_ops_by_default_and_compute_what_paddle_does(ops, monkeypatch, name, quick_gelu):
-    """With no config key, every Linear (its activation included) and every LayerNorm (EVA's sub-LNs
-    too) runs in the ops; PPMIX_FUSED_OPS=0 runs none, and the loss and every gradient are the same."""
+    """With no config key, every Linear (its activation included), every LayerNorm (EVA's sub-LNs
+    too), the token embedding and the attention run in the ops; PPMIX_FUSED_OPS=0 runs none, and the loss and every gradient are the same."""
     config = AutoConfig.from_pretrained(name)
     config.quick_gelu = quick_gelu
     for tower in (config.vision_cfg, config.text_cfg, getattr(config, "multimodal_cfg", None)):
@@ -246,14 +248,18 @@ def test_models_use_the_fused_ops_by_default_and_compute_what_paddle_does(ops, m
     ids = paddle.randint(1, config.text_cfg.vocab_size - 1, [2, config.text_cfg.context_length])
     linears = CallCounter(monkeypatch, linear_module, "fused_linear")
     norms = CallCounter(monkeypatch, norm_module, "fused_layer_norm")
+    embeddings = CallCounter(monkeypatch, embedding_module, "fused_embedding")
+    attentions = CallCounter(monkeypatch, attention_module, "fused_attention")
     fused_loss, fused_grads = loss_and_grads(model, image, ids)
     layer_norms = [layer for layer in model.sublayers() if isinstance(layer, paddle.nn.LayerNorm)]
     assert linears.calls > 0 and linears.ran == linears.calls
     assert norms.ran == norms.calls >= len(layer_norms)
+    assert embeddings.ran == embeddings.calls > 0
+    assert attentions.ran > 0  # (a text tower with a class token masks padding per caption: einsum there)
     monkeypatch.setenv(external_ops.SWITCH, "0")
-    linears.ran = norms.ran = 0
+    linears.ran = norms.ran = embeddings.ran = attentions.ran = 0
     plain_loss, plain_grads = loss_and_grads(model, image, ids)
-    assert linears.ran == norms.ran == 0
+    assert linears.ran == norms.ran == embeddings.ran == attentions.ran == 0
     assert abs(fused_loss - plain_loss) <= 1e-5 * max(1.0, abs(plain_loss))
     assert fused_grads.keys() == plain_grads.keys()
     for key in plain_grads:
@@ -289,3 +295,27 @@ def test_layer_norm_of_half_precision_input_is_computed_in_float32(dtype):
     assert y.dtype == x.dtype
     reference = paddle.nn.functional.layer_norm(x.astype("float32"), [64], norm.weight, norm.bias, norm._epsilon)
     np.testing.assert_array_equal(y.astype("float32").numpy(), reference.astype(dtype).astype("float32").numpy())
+
+
+@pytest.mark.parametrize("id_dtype", ["int64", "int32"])
+@pytest.mark.parametrize("ids_shape, vocabulary, width", [((1,), 1, 1), ((3, 5), 7, 4), ((32, 77), 49408, 512)],
+                         ids=["1x1", "small", "clip"])
+def test_token_embedding_and_its_gradient_equal_paddle_embedding(ops, ids_shape, vocabulary, width, id_dtype):
+    """Repeated ids sum their rows' gradients; every other row's gradient is zero."""
+    rng = np.random.default_rng(0)
+    ids = paddle.to_tensor(rng.integers(0, min(vocabulary, 50), ids_shape).astype(id_dtype))  # many repeats
+    dout = paddle.to_tensor(rng.standard_normal((*ids_shape, width)).astype("float32"))
+    results = []
+    for lookup in (lambda w: ops.token_embedding(ids, w, cpu_threads()), lambda w: F.embedding(ids, w)):
+        weight = paddle.to_tensor(rng.standard_normal((vocabulary, width)).astype("float32"))
+        weight.stop_gradient = False
+        out = lookup(weight)
+        out.backward(dout)
+        results.append((out.numpy() - weight.numpy()[ids.numpy()], weight.grad.numpy()))
+    np.testing.assert_array_equal(results[0][0], 0)  # the rows themselves
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6, atol=1e-6)
+
+
+def test_token_embedding_names_an_id_outside_the_vocabulary(ops):
+    with pytest.raises(Exception, match=r"id 9 at position 2 is outside the vocabulary \[0, 5\)"):
+        ops.token_embedding(paddle.to_tensor([0, 4, 9]), paddle.ones([5, 3]), 1)

@@ -129,3 +129,32 @@ def test_bf16_gemms_stay_within_bfloat16_rounding_of_float32(ops):
         rounded = linear(x, weight, bias).numpy()
     scale = np.sqrt(768) * float(np.abs(x.numpy()).max()) * float(np.abs(weight.numpy()).max())
     assert np.abs(rounded - exact).max() <= 2 ** -7 * scale
+
+
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
+@pytest.mark.parametrize("x_shape, hidden", [((1, 3), 5), ((2, 5, 33), 17), ((4, 50, 768), 3072)],
+                         ids=["1x3", "2x5x33", "vit_b_32"])
+def test_mlp_op_and_its_five_gradients_match_two_linears(ops, x_shape, hidden, activation):
+    """onednn_mlp keeps only c_fc's output and recomputes the activation: same results, within 1e-5."""
+    rng = np.random.default_rng(0)
+    width = x_shape[-1]
+    values = [rng.standard_normal(x_shape) * 2, rng.standard_normal((width, hidden)) / np.sqrt(width),
+              rng.standard_normal(hidden), rng.standard_normal((hidden, width)) / np.sqrt(hidden),
+              rng.standard_normal(width)]
+    dy = rng.standard_normal(x_shape)
+    code = ACTIVATIONS[activation]
+
+    def run(fn, dtype):
+        tensors = [paddle.to_tensor(v.astype(dtype), stop_gradient=False) for v in values]
+        y = fn(*tensors)
+        (y * paddle.to_tensor(dy.astype(dtype))).sum().backward()
+        return [t.numpy().astype(np.float64) for t in [y] + [tensor.grad for tensor in tensors]]
+
+    ours = run(lambda x, w1, b1, w2, b2: ops.onednn_mlp(x, w1, b1, w2, b2, code, True, False, 2)[0], "float32")
+    truth = run(lambda x, w1, b1, w2, b2: F.linear(activate(F.linear(x, w1, b1), activation), w2, b2), "float64")
+    for name, mine, exact in zip(("y", "dx", "dw1", "db1", "dw2", "db2"), ours, truth):
+        assert np.abs(mine - exact).max() <= 1e-5 * max(1.0, float(np.abs(exact).max())), name
+    x, w1, b1, w2, b2 = (paddle.to_tensor(v.astype("float32")) for v in values)
+    inference, kept = ops.onednn_mlp(x, w1, b1, w2, b2, code, False, False, 2)
+    assert kept.shape == [0]
+    np.testing.assert_allclose(inference.numpy(), ours[0], rtol=0, atol=1e-5 * max(1.0, float(np.abs(ours[0]).max())))

@@ -13,6 +13,7 @@ import paddle.nn.functional as F
 import pytest
 
 from paddlemix import AutoModel
+from paddlemix.external_ops import SWITCH
 from paddlemix.models import CLIPConfig
 from paddlemix.models.layers import parallel
 from paddlemix.models.layers.parallel import (
@@ -71,9 +72,11 @@ def test_the_layers_declare_the_split_of_qkv_mlp_sub_ln_and_token_embedding():
     assert not any(k.startswith(("visual.ln_", "visual.proj", "visual.conv1", "logit_scale")) for k in layout)
 
 
-def test_split_layout_computes_the_unsharded_attention_and_mlp():
+def test_split_layout_computes_the_unsharded_attention_and_mlp(monkeypatch):
     """Each rank runs its heads / hidden units; LayerNorm statistics and the row-parallel partial
-    outputs are summed over ranks, as the parallel layers do. The sum equals the unsharded block."""
+    outputs are summed over ranks, as the parallel layers do. The sum equals the unsharded block
+    (computed with Paddle's ops, as the sums here are)."""
+    monkeypatch.setenv(SWITCH, "0")
     degree = 2
     config = tiny_eva02(mlp_ratio=2.0)
     model = AutoModel.from_config(config)

@@ -6,8 +6,14 @@ The models use them wherever they build and can take the tensors, with no config
 the models then use Paddle's ops, and one warning per process says why. Its ops, forward and backward:
 - `onednn_linear`: act(x W + b), act none, exact GELU or QuickGELU, its GEMMs by oneDNN's matmul
   primitive (Paddle's own libdnnl) with the bias and activation as epilogues (CPU, float32);
+- `onednn_mlp`: act(x W1 + b1) W2 + b2 with the same GEMMs, keeping z = x W1 + b1 but not act(z) for
+  its backward (CPU, float32);
+- `cpu_attention`: softmax(scale q k^T + mask) v on token-major [batch, tokens, heads, head_dim]
+  tensors in one pass, its backward recomputing the probabilities from the row log-sum-exps (CPU,
+  float32);
 - `fused_ln`: layer norm over the last dimension, with its float32 row statistics;
-- `fused_bias_gelu`: exact GELU or QuickGELU of x + bias (the GPU MLPs' epilogue).
+- `fused_bias_gelu`: exact GELU or QuickGELU of x + bias (the GPU MLPs' epilogue);
+- `token_embedding`: rows of a table by id, with its dense gradient (CPU, float32).
 CPU kernels take float32 (fused_ln and fused_bias_gelu float64 too); where Paddle has CUDA the CUDA
 kernels of fused_ln and fused_bias_gelu are built too (float32, float16, bfloat16). `python setup.py
 install` in this directory installs the same module instead. Several processes that start together
@@ -29,6 +35,7 @@ from ..utils.hub import ppmix_home
 from ..utils.log import logger
 from .build_flags import CXX_FLAGS, MODULE_NAME, NVCC_FLAGS, SOURCE_DIRECTORY, link_flags, source_paths
 
+OPS = ("onednn_linear", "onednn_mlp", "cpu_attention", "fused_ln", "fused_bias_gelu", "token_embedding")
 SWITCH = "PPMIX_FUSED_OPS"  # "0": the models use Paddle's own ops only
 ACTIVATIONS = {None: 0, "gelu": 1, "quick_gelu": 2}  # onednn_linear's `activation` attribute
 _state = {"module": None, "tried": False}
@@ -66,7 +73,7 @@ def _installed():
         module = importlib.import_module(MODULE_NAME)
     except ImportError:
         return None
-    if all(hasattr(module, op) for op in ("fused_ln", "fused_bias_gelu", "onednn_linear")):
+    if all(hasattr(module, op) for op in OPS):
         return module
     logger.warning("the installed %s (%s) lacks an op; building the current sources instead", MODULE_NAME,
                    getattr(module, "__file__", "?"))
@@ -122,6 +129,44 @@ def fused_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.
     # the pre-activation is kept only where a backward pass can follow
     keep = paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient and bias.stop_gradient)
     return ops.onednn_linear(x, weight, bias, ACTIVATIONS[activation], keep, bf16, cpu_threads())[0]
+
+
+def fused_mlp(x: paddle.Tensor, w1: paddle.Tensor, b1: paddle.Tensor, w2: paddle.Tensor, b2: paddle.Tensor,
+              activation: str, bf16: bool = False, ops=None) -> Optional[paddle.Tensor]:
+    """act(x @ w1 + b1) @ w2 + b2 by the onednn_mlp op (`activation`: "gelu" or "quick_gelu"), or None
+    where it cannot run these tensors (not all float32 on CPU, or empty)."""
+    ops = ops or fused_ops()
+    tensors = (x, w1, b1, w2, b2)
+    if (ops is None or any(not t.place.is_cpu_place() or t.dtype != paddle.float32 for t in tensors)
+            or any(size == 0 for size in [*x.shape, *w1.shape, *w2.shape])):
+        return None
+    keep = paddle.is_grad_enabled() and not all(t.stop_gradient for t in tensors)
+    return ops.onednn_mlp(x, w1, b1, w2, b2, ACTIVATIONS[activation], keep, bf16, cpu_threads())[0]
+
+
+def fused_attention(query: paddle.Tensor, key: paddle.Tensor, value: paddle.Tensor, attn_mask: Optional[paddle.Tensor],
+                    scale: float, ops=None) -> Optional[paddle.Tensor]:
+    """softmax(scale query key^T + attn_mask) value by the cpu_attention op ([batch, tokens, heads,
+    head_dim] tensors; attn_mask None or an additive [queries, keys] matrix), or None where it cannot
+    run these tensors (not all float32 on CPU, or a mask of another shape)."""
+    ops = ops or fused_ops()
+    tensors = (query, key, value) + (() if attn_mask is None else (attn_mask,))
+    if ops is None or any(not t.place.is_cpu_place() or t.dtype != paddle.float32 for t in tensors):
+        return None
+    if attn_mask is None:
+        attn_mask = paddle.empty([0], dtype=paddle.float32)
+    elif attn_mask.shape != [query.shape[1], key.shape[1]]:
+        return None
+    return ops.cpu_attention(query, key, value, attn_mask, scale, cpu_threads())[0]
+
+
+def fused_embedding(ids: paddle.Tensor, weight: paddle.Tensor, ops=None) -> Optional[paddle.Tensor]:
+    """weight[ids] by the token_embedding op, or None where it cannot run these tensors."""
+    ops = ops or fused_ops()
+    if (ops is None or not weight.place.is_cpu_place() or weight.dtype != paddle.float32
+            or ids.dtype not in (paddle.int64, paddle.int32)):
+        return None
+    return ops.token_embedding(ids, weight, cpu_threads())
 
 
 def fused_bias_gelu(x: paddle.Tensor, bias: paddle.Tensor, quick: bool, ops=None) -> Optional[paddle.Tensor]:

@@ -5,7 +5,8 @@ token-major attention. A graph exported for Paddle Inference wants plain matmul 
 matmuls, which its oneDNN passes fuse into fc / matmul kernels (bf16 AMX included; addmm, einsum and
 custom ops have no oneDNN kernel there). Tracing under `export_kernels()` picks the export ones.
 
-`bf16_gemm_scope()`: within it, the fused Linear's GEMMs may multiply in bfloat16 (float32 weights,
+`paddle_ops_only()`: within it, Paddle's ops only (blocks under recompute, whose saved-tensor hooks
+custom ops do not take). `bf16_gemm_scope()`: within it, the fused Linear's GEMMs may multiply in bfloat16 (float32 weights,
 activations and sums) where the CPU has bf16 instructions (AMX, AVX512-BF16): `--bf16` on CPU.
 """
 
@@ -14,30 +15,40 @@ import contextvars
 
 _EXPORTING = contextvars.ContextVar("paddlemix_export_kernels", default=False)
 _BF16_GEMMS = contextvars.ContextVar("paddlemix_bf16_gemms", default=False)
+_PADDLE_OPS_ONLY = contextvars.ContextVar("paddlemix_paddle_ops_only", default=False)
 
 
 @contextlib.contextmanager
-def export_kernels():
-    """Within this block, layers compute with the ops a Paddle Inference graph should contain."""
-    token = _EXPORTING.set(True)
+def _set_within(variable: contextvars.ContextVar, value):
+    token = variable.set(value)
     try:
         yield
     finally:
-        _EXPORTING.reset(token)
+        variable.reset(token)
+
+
+def export_kernels():
+    """Within this block, layers compute with the ops a Paddle Inference graph should contain."""
+    return _set_within(_EXPORTING, True)
 
 
 def exporting() -> bool:
     return _EXPORTING.get()
 
 
-@contextlib.contextmanager
+def paddle_ops_only():
+    """Within this block, layers use Paddle's own ops, not paddlemix's custom ones (blocks under recompute)."""
+    return _set_within(_PADDLE_OPS_ONLY, True)
+
+
+def custom_ops_allowed() -> bool:
+    """Whether layers may call paddlemix's custom ops here: not while exporting, not under paddle_ops_only."""
+    return not (_EXPORTING.get() or _PADDLE_OPS_ONLY.get())
+
+
 def bf16_gemm_scope(enabled: bool = True):
     """Within this block (with `enabled`), the fused Linear's GEMMs multiply in bfloat16 where the CPU can."""
-    token = _BF16_GEMMS.set(enabled)
-    try:
-        yield
-    finally:
-        _BF16_GEMMS.reset(token)
+    return _set_within(_BF16_GEMMS, enabled)
 
 
 def bf16_gemms() -> bool:

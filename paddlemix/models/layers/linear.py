@@ -18,7 +18,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ...external_ops import fused_bias_gelu, fused_linear
-from .kernels import bf16_gemms, exporting
+from .kernels import bf16_gemms, custom_ops_allowed, exporting
 
 ACTIVATIONS = (None, "gelu", "quick_gelu")
 
@@ -41,10 +41,10 @@ def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if exporting():
         return activate(F.linear(x, weight, bias), activation)
-    y = fused_linear(x, weight, bias, activation, bf16=bf16_gemms())
+    y = fused_linear(x, weight, bias, activation, bf16=bf16_gemms()) if custom_ops_allowed() else None
     if y is not None:
         return y
-    if activation is not None and bias is not None and x.place.is_gpu_place():
+    if activation is not None and bias is not None and x.place.is_gpu_place() and custom_ops_allowed():
         y = fused_bias_gelu(paddle.matmul(x, weight), bias, activation == "quick_gelu")
         if y is not None:
             return y

@@ -16,6 +16,7 @@ import paddle
 import paddle.distributed as dist
 import paddle.nn as nn
 
+from .embedding import TokenEmbedding
 from .linear import Linear
 
 
@@ -76,7 +77,7 @@ def row_linear(in_features: int, out_features: int, degree: int) -> nn.Layer:
 
 def vocab_embedding(vocab_size: int, width: int, degree: int) -> nn.Layer:
     if degree == 1:
-        return nn.Embedding(vocab_size, width)
+        return TokenEmbedding(vocab_size, width)
     from paddle.distributed.fleet.meta_parallel import VocabParallelEmbedding
 
     return VocabParallelEmbedding(vocab_size, width)

@@ -4,6 +4,7 @@ CLIP's block is the default; EVA-CLIP's are the same block with rope, SwiGLU, su
 biases, layer scale, post-norm or stochastic depth switched on.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -13,6 +14,7 @@ from paddle.distributed.fleet.utils import recompute
 
 from .attention import Attention, CrossAttention, KVCache
 from .drop_path import DropPath, drop_path_rates
+from .kernels import paddle_ops_only
 from .mlp import Mlp, SwiGLU
 from .norm import layer_norm
 
@@ -142,6 +144,13 @@ class Transformer(nn.Layer):
 def run_block(owner: nn.Layer, block: nn.Layer, *inputs):
     """block(*inputs), with its activations recomputed in backward when `owner.recompute` is set."""
     if owner.recompute and owner.training:
-        # use_reentrant=False: the reentrant variant silently drops these blocks' gradients
-        return recompute(block, *inputs, use_reentrant=False)
+        # use_reentrant=False: the reentrant variant silently drops these blocks' gradients. Its
+        # saved-tensor hooks do not reach custom ops' saved inputs: Paddle's ops run such blocks,
+        # in the forward pass and in its recomputation alike.
+        return recompute(functools.partial(_with_paddle_ops, block), *inputs, use_reentrant=False)
     return block(*inputs)
+
+
+def _with_paddle_ops(block: nn.Layer, *inputs):
+    with paddle_ops_only():
+        return block(*inputs)
