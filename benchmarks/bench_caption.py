@@ -26,6 +26,8 @@ from paddlemix import AutoModel
 from paddlemix.tools.convert import convert
 from paddlemix.utils.cpu_process import prepare_cpu_process
 
+from timing import machine_line
+
 NAME = "paddlemix/CoCa/CoCa-ViT-B-32-laion2B-s13B-b90k"
 PEER_SCRIPT = textwrap.dedent('''
     import json, sys, time
@@ -76,6 +78,7 @@ def main(argv=None) -> None:
     tokens = model.generate(batch).numpy()
     ours = args.batch / (time.perf_counter() - start)
     same = tokens.shape == peer_tokens.shape and bool((tokens == peer_tokens).all())
+    print(machine_line(2))
     print(f"CoCa-ViT-B-32 beam search (6 beams, 3 groups, seq_len 30), batch {args.batch}, float32, 2 threads")
     print(f"  captions/s: paddlemix {ours:.3f}   open_clip {peer['captions_per_s']:.3f}   "
           f"ratio {ours / peer['captions_per_s']:.2f}")

@@ -24,22 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from timing import median_rate
+from timing import cpu_description, median_rate, peak_memory_mib
 
 OPTIMIZER = dict(lr=5e-4, weight_decay=0.2, beta1=0.9, beta2=0.98, eps=1e-6)  # open_clip's bench settings
 SHORTEST_CAPTION = 8  # tokens
-
-
-def cpu_model() -> str:
-    """lscpu's model name (speeds are only comparable on one CPU)."""
-    output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    return next(line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("Model name"))
-
-
-def peak_memory_mib() -> float:
-    """This process's peak resident set in MiB (VmHWM)."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
 def make_batch(config, batch: int) -> dict:
@@ -147,7 +135,7 @@ def main(argv=None) -> None:
     peer = run_peer(config, batch, args) if args.peer else None
     length = config.text_cfg.context_length
     print(f"{args.model} training step, float32, batch {args.batch}, {length} tokens "
-          f"({int(batch['attention_mask'].sum())} real), {args.threads} threads, CPU {cpu_model()}, "
+          f"({int(batch['attention_mask'].sum())} real), {args.threads} threads, CPU {cpu_description()}, "
           f"{MKL_CPU_TYPE_VARIABLE}={os.environ.get(MKL_CPU_TYPE_VARIABLE, 'unset')} (images/s)")
     line = f"  paddlemix {ours:7.2f}"
     if peer:

@@ -26,7 +26,7 @@ import paddle.nn.functional as F
 from paddlemix.external_ops import cpu_threads, fused_ops
 from paddlemix.utils.cpu_process import prepare_cpu_process
 
-from timing import median_rate
+from timing import machine_line, median_rate
 
 CASES = [
     ("layer_norm", (4, 197, 768)),
@@ -110,6 +110,7 @@ def main(argv=None) -> None:
         command = [args.peer, "-c", PEER_SCRIPT, json.dumps(CASES), str(args.steps), str(args.warmup)]
         output = subprocess.run(command, check=True, capture_output=True, text=True)
         torch_ms = json.loads(output.stdout.strip().splitlines()[-1])
+    print(machine_line(2))
     print("forward + backward, float32, 2 threads (ms; ratio = the other's time / the fused op's)")
     for (op, shape), peer in zip(CASES, torch_ms):
         fused = paddle_ms(op, shape, True, ops, args.steps, args.warmup)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from timing import machine_line
+
 # (m, k, n): ViT-B-32 at batch 32 (50 tokens per image): MLP up and down, attention in-projection
 SHAPES = ((1600, 768, 3072), (1600, 3072, 768), (1600, 768, 2304))
 FRAMEWORKS = ("paddle", "paddlemix", "numpy", "torch")
@@ -110,15 +112,6 @@ def measure(framework: str, threads: int, repeats: int) -> dict:
     return figures
 
 
-def cpu_description() -> str:
-    """lscpu's model name and the CPU flags that decide GEMM kernels."""
-    output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    fields = dict(line.split(":", 1) for line in output.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    wanted = [flag for flag in flags if flag.startswith(("avx", "amx", "fma"))]
-    return f"{fields.get('Model name', '?').strip()} ({' '.join(wanted)})"
-
-
 def in_subprocess(python: str, framework: str, args, **env) -> dict:
     """`measure` in a fresh `python` process; numpy's BLAS takes its threads from the environment."""
     command = [python, str(Path(__file__).resolve()), "--framework-side", framework, "--threads",
@@ -143,7 +136,7 @@ def main(argv=None) -> None:
         print(json.dumps(measure(args.framework_side, args.threads, args.repeats)))
         return
 
-    print(f"CPU {cpu_description()}, {args.threads} threads, fp32, GFLOP/s (median of {args.repeats})")
+    print(f"{machine_line(args.threads)}, fp32, GFLOP/s (median of {args.repeats})")
     ours = "paddlemix op"
     columns = {"paddle (as installed)": in_subprocess(sys.executable, "paddle", args, PPMIX_MKL_AVX2_ON_AMD="0"),
                "paddle (paddlemix setting)": in_subprocess(sys.executable, "paddle", args, BENCH_GEMM_PREPARED="1"),

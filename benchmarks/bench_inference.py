@@ -40,7 +40,7 @@ from paddlemix.models.registry import open_clip_name
 from paddlemix.tools.export import export
 from paddlemix.utils.cpu_process import prepare_cpu_process
 
-from timing import median_rate
+from timing import machine_line, median_rate
 
 # Runs in the open_clip interpreter: argv[1] is a JSON of model, batch, threads, steps, warmup.
 PEER_SCRIPT = """
@@ -113,6 +113,7 @@ def main(argv=None) -> None:
     results = bench_paddle(args)
     if args.peer:
         results.update(bench_open_clip(args))
+    print(machine_line(args.threads))
     print(f"{args.model} encode_image, batch {args.batch}, {args.threads} threads (images/s; "
           f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after: other jobs skew results)")
     eager = results["paddle eager fp32"]

@@ -29,7 +29,7 @@ from paddlemix.models.loss_registry import build_loss, training_loss
 from paddlemix.models.registry import open_clip_name
 from paddlemix.utils.cpu_process import prepare_cpu_process
 
-from timing import median_rate
+from timing import machine_line, median_rate, peak_memory_mib
 
 REFERENCE_BENCH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openclip_bench.py"
 
@@ -79,12 +79,6 @@ PEER_WRAPPER = (
 )
 
 
-def peak_memory_mib() -> float:
-    """This process's peak resident set in MiB (VmHWM)."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
-
-
 def bench_open_clip(args) -> dict:
     name = open_clip_name(args.model)
     command = [args.peer, "-c", PEER_WRAPPER, str(REFERENCE_BENCH), "--model", name, "--skip-text-infer", "--threads", str(args.threads),
@@ -124,6 +118,7 @@ def main(argv=None) -> None:
     peer = bench_open_clip(args) if args.peer else {}
     batches = {"encode_image": args.infer_batch, "train_step": args.train_batch}
     fused = ", fused ops" if fused_ops() is not None else ", Paddle's ops only"
+    print(machine_line(args.threads))
     print(f"{args.model}{fused}, float32, {args.threads} threads (images/s)")
     for phase, rate in ours.items():
         line = f"  {phase:<12} batch {batches[phase]:>3}: paddlemix {rate:7.2f}"

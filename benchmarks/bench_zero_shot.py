@@ -31,6 +31,8 @@ from paddlemix.processors import image_transform
 from paddlemix.tools.export import export
 from paddlemix.utils.cpu_process import prepare_cpu_process
 
+from timing import machine_line
+
 FULL_TEXTS = 1000 * 80
 PEER_SCRIPT = textwrap.dedent('''
     import json, sys, time
@@ -108,6 +110,7 @@ def main(argv=None) -> None:
             script.write_text(PEER_SCRIPT)
             output = subprocess.run([args.peer, str(script), str(spec)], check=True, capture_output=True, text=True)
             peer = json.loads(output.stdout.strip().splitlines()[-1])
+    print(machine_line(2))
     print(f"ViT-B-32, 2 threads; classifier on {len(names)} classes x {len(templates)} templates, {args.images} images")
     for key in ("texts_per_s", "texts_per_s_inference_fp32", "texts_per_s_inference_bf16",
                 "images_per_s", "images_per_s_inference_fp32", "images_per_s_inference_bf16"):

@@ -112,6 +112,19 @@ def test_logit_scale_is_clamped_to_ln_100():
     np.testing.assert_allclose(float(model.scale()), 100.0, rtol=1e-5)
 
 
+def gradients_without_and_with_recompute(config, image, ids):
+    """Every parameter's gradient of one training loss, from a fresh model (seed 0) each way."""
+    grads = []
+    for recompute in (False, True):
+        paddle.seed(0)
+        model = AutoModel.from_config(config)
+        model.train()
+        model.set_recompute(recompute)
+        training_loss(build_loss(config), model(image=image, input_ids=ids)).backward()
+        grads.append({name: p.grad.numpy() for name, p in model.named_parameters()})
+    return grads
+
+
 @pytest.mark.parametrize("family", ["clip", "evaclip"])
 def test_recompute_gives_the_same_gradients(family, monkeypatch):
     """Paddle's ops in both runs (blocks under recompute always use them), so the two must agree exactly."""
@@ -120,14 +133,7 @@ def test_recompute_gives_the_same_gradients(family, monkeypatch):
     config = tiny_config()
     if family == "evaclip":  # the tiny CLIP's text tower with an EVA-02 image tower
         config.vision_cfg, config.model_type = tiny_eva02(image_size=32, layers=2).vision_cfg, "evaclip"
-    grads = []
-    for recompute in (False, True):
-        paddle.seed(0)
-        model = AutoModel.from_config(config)
-        model.train()
-        model.set_recompute(recompute)
-        training_loss(build_loss(config), model(image=image, input_ids=ids)).backward()
-        grads.append({name: p.grad.numpy() for name, p in model.named_parameters()})
+    grads = gradients_without_and_with_recompute(config, image, ids)
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, err_msg=name)
@@ -136,16 +142,7 @@ def test_recompute_gives_the_same_gradients(family, monkeypatch):
 def test_recompute_with_the_fused_ops_elsewhere_trains_like_no_recompute():
     """Blocks under recompute run Paddle's ops (custom ops do not take its saved-tensor hooks); the
     layers outside them keep the fused ops: the gradients agree within float32 kernel differences."""
-    image, ids = tiny_batch()
-    config = tiny_config()
-    grads = []
-    for recompute in (False, True):
-        paddle.seed(0)
-        model = AutoModel.from_config(config)
-        model.train()
-        model.set_recompute(recompute)
-        training_loss(build_loss(config), model(image=image, input_ids=ids)).backward()
-        grads.append({name: p.grad.numpy() for name, p in model.named_parameters()})
+    grads = gradients_without_and_with_recompute(tiny_config(), *tiny_batch())
     for name in grads[0]:
         scale = max(1e-3, float(np.abs(grads[0][name]).max()))
         np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=0, atol=1e-4 * scale, err_msg=name)

@@ -100,7 +100,10 @@ def fused_ops(required: bool = False):
 
 
 def cpu_threads() -> int:
-    """Threads the CPU kernels may use: the cores this process may run on."""
+    """The most threads the CPU kernels may use: the cores this process may run on. The ops use no more
+    than OpenMP is set to in the calling thread, i.e. paddle.base.core.set_num_threads's value for
+    Paddle's own kernels (Paddle's default is 1; paddlemix's entry scripts share the cores among the
+    processes)."""
     return len(os.sched_getaffinity(0))
 
 

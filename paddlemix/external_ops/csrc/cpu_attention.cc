@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "activation.h"
+#include "cpu_threads.h"
 #include "paddle/extension.h"
 
 namespace {
@@ -239,7 +240,8 @@ class KeyRange {
 };
 
 int TeamSize(int threads, const Shape& shape) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, shape.batch * shape.heads)));
+  const int64_t allowed = paddlemix_cpu::AllowedThreads(threads);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(allowed, shape.batch * shape.heads)));
 }
 
 // rows[t][0:head_dim] of head (b, h) of x, times `factor`, into buffer rows of `stride` floats.

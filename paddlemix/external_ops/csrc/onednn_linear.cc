@@ -237,12 +237,14 @@ int Fpmath(bool bf16) { return bf16 ? onednn::kFpmathBf16 : onednn::kFpmathStric
 // c [m, n] = a [m, k] w [k, n] + bias, then act with `post_activation`.
 void Gemm(const float* a, const float* w, const float* bias, float* c, int64_t m, int64_t k, int64_t n,
           int post_activation, int fpmath, int threads) {
+  threads = paddlemix_cpu::AllowedThreads(threads);
   GemmCache::Get().Run({m, k, n, false, false, true, post_activation, fpmath, threads}, a, w, bias, c);
 }
 
 // The two GEMMs of a Linear's backward pass from dz [m, n]: dx [m, k] = dz w^T, dw [k, n] = x^T dz.
 void BackwardGemms(const float* x, const float* w, const float* dz, float* dx, float* dw, int64_t m, int64_t k,
                    int64_t n, int fpmath, int threads) {
+  threads = paddlemix_cpu::AllowedThreads(threads);
   GemmCache::Get().Run({m, n, k, false, true, false, kNoActivation, fpmath, threads}, dz, w, nullptr, dx);
   GemmCache::Get().Run({k, m, n, true, false, false, kNoActivation, fpmath, threads}, x, dz, nullptr, dw);
 }

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_threads.h"
 #include "paddle/extension.h"
 
 namespace {
@@ -66,6 +67,7 @@ void DispatchIds(const paddle::Tensor& ids, Fn&& fn) {
 
 std::vector<paddle::Tensor> EmbeddingForward(const paddle::Tensor& ids, const paddle::Tensor& weight, int threads) {
   CheckInputs(ids, weight);
+  threads = paddlemix_cpu::AllowedThreads(threads);
   const int64_t vocabulary = weight.shape()[0], width = weight.shape()[1];
   std::vector<int64_t> shape = ids.shape();
   shape.push_back(width);
@@ -79,6 +81,7 @@ std::vector<paddle::Tensor> EmbeddingForward(const paddle::Tensor& ids, const pa
 
 std::vector<paddle::Tensor> EmbeddingBackward(const paddle::Tensor& ids, const paddle::Tensor& weight,
                                               const paddle::Tensor& dout, int threads) {
+  threads = paddlemix_cpu::AllowedThreads(threads);
   const int64_t vocabulary = weight.shape()[0], width = weight.shape()[1];
   auto dweight = paddle::empty(weight.shape(), weight.dtype(), weight.place());
   DispatchIds(ids, [&](auto* id) {
