@@ -4,7 +4,15 @@ import urllib.error
 
 import pytest
 
+from paddlemix.external_ops import fused_ops
 from trainer_helpers import make_setup
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fused_ops_built():
+    """paddlemix's CPU ops, built (or found) once in the real $PPMIX_HOME before any test: the tests'
+    subprocesses (launchers, entry scripts) then load them instead of compiling them on a fresh machine."""
+    return fused_ops()
 
 
 @pytest.fixture(scope="session")
