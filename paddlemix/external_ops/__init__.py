@@ -117,20 +117,26 @@ def fused_layer_norm(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tenso
     return ops.fused_ln(x, weight, bias, epsilon, cpu_threads())[0]
 
 
+def _float32_on_cpu(*tensors: paddle.Tensor) -> bool:
+    return all(t.place.is_cpu_place() and t.dtype == paddle.float32 for t in tensors)
+
+
+def _backward_can_follow(*tensors: paddle.Tensor) -> bool:
+    """Whether an op's result may be differentiated: then it keeps what its backward pass needs."""
+    return paddle.is_grad_enabled() and not all(t.stop_gradient for t in tensors)
+
+
 def fused_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor], activation: Optional[str] = None,
                  bf16: bool = False, ops=None) -> Optional[paddle.Tensor]:
     """act(x @ weight + bias) by the onednn_linear op (`activation`: None, "gelu" or "quick_gelu"), or
     None where it cannot run these tensors (not all float32 on CPU). `bf16`: the GEMMs may multiply
     in bfloat16 (float32 tensors and sums) where the CPU has bf16 instructions."""
     ops = ops or fused_ops()
-    if ops is None or not x.place.is_cpu_place() or x.dtype != paddle.float32 or weight.dtype != paddle.float32:
+    if ops is None or not _float32_on_cpu(x, weight, *([] if bias is None else [bias])):
         return None
     if bias is None:
         bias = paddle.zeros([weight.shape[-1]], dtype=weight.dtype)
-    elif bias.dtype != paddle.float32:
-        return None
-    # the pre-activation is kept only where a backward pass can follow
-    keep = paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient and bias.stop_gradient)
+    keep = _backward_can_follow(x, weight, bias)  # the pre-activation, for the backward pass
     return ops.onednn_linear(x, weight, bias, ACTIVATIONS[activation], keep, bf16, cpu_threads())[0]
 
 
@@ -140,10 +146,9 @@ def fused_mlp(x: paddle.Tensor, w1: paddle.Tensor, b1: paddle.Tensor, w2: paddle
     where it cannot run these tensors (not all float32 on CPU, or empty)."""
     ops = ops or fused_ops()
     tensors = (x, w1, b1, w2, b2)
-    if (ops is None or any(not t.place.is_cpu_place() or t.dtype != paddle.float32 for t in tensors)
-            or any(size == 0 for size in [*x.shape, *w1.shape, *w2.shape])):
+    if ops is None or not _float32_on_cpu(*tensors) or 0 in [*x.shape, *w1.shape, *w2.shape]:
         return None
-    keep = paddle.is_grad_enabled() and not all(t.stop_gradient for t in tensors)
+    keep = _backward_can_follow(*tensors)
     return ops.onednn_mlp(x, w1, b1, w2, b2, ACTIVATIONS[activation], keep, bf16, cpu_threads())[0]
 
 
@@ -154,7 +159,7 @@ def fused_attention(query: paddle.Tensor, key: paddle.Tensor, value: paddle.Tens
     run these tensors (not all float32 on CPU, or a mask of another shape)."""
     ops = ops or fused_ops()
     tensors = (query, key, value) + (() if attn_mask is None else (attn_mask,))
-    if ops is None or any(not t.place.is_cpu_place() or t.dtype != paddle.float32 for t in tensors):
+    if ops is None or not _float32_on_cpu(*tensors):
         return None
     if attn_mask is None:
         attn_mask = paddle.empty([0], dtype=paddle.float32)
@@ -166,8 +171,7 @@ def fused_attention(query: paddle.Tensor, key: paddle.Tensor, value: paddle.Tens
 def fused_embedding(ids: paddle.Tensor, weight: paddle.Tensor, ops=None) -> Optional[paddle.Tensor]:
     """weight[ids] by the token_embedding op, or None where it cannot run these tensors."""
     ops = ops or fused_ops()
-    if (ops is None or not weight.place.is_cpu_place() or weight.dtype != paddle.float32
-            or ids.dtype not in (paddle.int64, paddle.int32)):
+    if ops is None or not _float32_on_cpu(weight) or ids.dtype not in (paddle.int64, paddle.int32):
         return None
     return ops.token_embedding(ids, weight, cpu_threads())
 

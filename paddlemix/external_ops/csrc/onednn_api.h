@@ -51,8 +51,8 @@ dnnl_status_t dnnl_matmul_primitive_desc_create(dnnl_primitive_desc_t* desc, dnn
                                                 const struct dnnl_memory_desc* dst,
                                                 const struct dnnl_primitive_attr* attr);
 dnnl_status_t dnnl_primitive_desc_destroy(dnnl_primitive_desc_t desc);
-dnnl_status_t dnnl_primitive_desc_query(const struct dnnl_primitive_desc* desc, int what, int index, void* result);
 dnnl_status_t dnnl_primitive_create(dnnl_primitive_t* primitive, const struct dnnl_primitive_desc* desc);
+dnnl_status_t dnnl_primitive_destroy(dnnl_primitive_t primitive);
 dnnl_status_t dnnl_primitive_execute(const struct dnnl_primitive* primitive, dnnl_stream_t stream, int nargs,
                                      const dnnl_exec_arg_t* args);
 const dnnl_version_t* dnnl_version();
@@ -69,6 +69,5 @@ constexpr int kGeluErf = 0x31;         // dnnl_eltwise_gelu_erf
 constexpr int kSwish = 0x2c;           // dnnl_eltwise_swish: x * sigmoid(alpha x)
 constexpr int kFpmathStrict = 0;       // dnnl_fpmath_mode_strict
 constexpr int kFpmathBf16 = 1;         // dnnl_fpmath_mode_bf16: f32 tensors, bf16 products, f32 sums
-constexpr int kQueryImplInfo = 8;      // dnnl_query_impl_info_str
 constexpr int kArgSrc = 1, kArgDst = 17, kArgWeights = 33, kArgBias = 41;
 }  // namespace onednn

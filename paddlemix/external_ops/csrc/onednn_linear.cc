@@ -21,9 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <memory>
 #include <mutex>
-#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -65,6 +63,12 @@ struct GemmShapeHash {
 struct Gemm {
   dnnl_primitive_t primitive = nullptr;
   dnnl_memory_desc_t src = nullptr, weights = nullptr, bias = nullptr, dst = nullptr;
+
+  void Destroy() {
+    dnnl_primitive_destroy(primitive);
+    for (dnnl_memory_desc_t desc : {src, weights, bias, dst})
+      if (desc != nullptr) dnnl_memory_desc_destroy(desc);
+  }
 };
 
 dnnl_memory_desc_t MatrixDesc(int64_t rows, int64_t cols, bool transposed) {
@@ -94,6 +98,7 @@ class GemmCache {
   }
 
   void Run(const GemmShape& shape, const float* a, const float* b, const float* bias, float* c) {
+    std::lock_guard<std::mutex> lock(mutex_);  // held while the primitive runs: a full cache drops them all
     const Gemm& gemm = Find(shape);
     thread_local dnnl_stream_t stream = nullptr;
     if (stream == nullptr) Check(dnnl_stream_create(&stream, engine_, onednn::kInOrder), "stream_create");
@@ -128,11 +133,13 @@ class GemmCache {
     Check(dnnl_engine_create(&engine_, onednn::kCpuEngine, 0), "engine_create");
   }
 
-  const Gemm& Find(const GemmShape& shape) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  const Gemm& Find(const GemmShape& shape) {  // under mutex_
     auto found = cache_.find(shape);
     if (found != cache_.end()) return found->second;
-    if (cache_.size() >= kCapacity) cache_.clear();  // shapes of one model are few; a sweep of many starts over
+    if (cache_.size() >= kCapacity) {  // shapes of one model are few; a sweep of many starts over
+      for (auto& entry : cache_) entry.second.Destroy();
+      cache_.clear();
+    }
     Gemm gemm;
     gemm.src = MatrixDesc(shape.m, shape.k, shape.transpose_a);
     gemm.weights = MatrixDesc(shape.k, shape.n, shape.transpose_b);

@@ -17,10 +17,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ...external_ops import fused_bias_gelu, fused_linear
+from ...external_ops import ACTIVATIONS, fused_bias_gelu, fused_linear
 from .kernels import bf16_gemms, custom_ops_allowed, exporting
-
-ACTIVATIONS = (None, "gelu", "quick_gelu")
 
 
 def quick_gelu(x: paddle.Tensor) -> paddle.Tensor:
@@ -38,14 +36,13 @@ def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor
            activation: Optional[str] = None) -> paddle.Tensor:
     """act(x [..., in] @ weight [in, out] + bias [out]) by the fastest path that can run it (see above)."""
     if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     if exporting():
         return activate(F.linear(x, weight, bias), activation)
-    y = fused_linear(x, weight, bias, activation, bf16=bf16_gemms()) if custom_ops_allowed() else None
-    if y is not None:
-        return y
-    if activation is not None and bias is not None and x.place.is_gpu_place() and custom_ops_allowed():
-        y = fused_bias_gelu(paddle.matmul(x, weight), bias, activation == "quick_gelu")
+    if custom_ops_allowed():
+        y = fused_linear(x, weight, bias, activation, bf16=bf16_gemms())
+        if y is None and activation is not None and bias is not None and x.place.is_gpu_place():
+            y = fused_bias_gelu(paddle.matmul(x, weight), bias, activation == "quick_gelu")
         if y is not None:
             return y
     if bias is None or x.ndim < 2:
