@@ -2,11 +2,15 @@
 distributed sampler and the loader."""
 
 import csv
+import itertools
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,7 @@ from PIL import Image
 
 from paddlemix.data.coco import CocoKarpathyDataset, coco_karpathy, coco_root
 from paddlemix.data.csv_dataset import CsvDataset
-from paddlemix.data.loader import ImageTextLoader, ResumableDistributedBatchSampler
+from paddlemix.data.loader import ImageTextLoader, ResumableDistributedBatchSampler, read_ahead
 from paddlemix.data.samples import REASONS, AllSamplesBadError, BadSample
 from paddlemix.data.synthetic import classes, write_shapes_dataset
 from paddlemix.processors import SimpleTokenizer, image_transform
@@ -203,3 +207,105 @@ def test_task_name_picks_the_dataset_format(shapes, tmp_path):
     assert isinstance(build_dataset(str(tmp_path / "s-{000..003}.tar"), TRANSFORM), TarShardDataset)
     with pytest.raises(ValueError, match="(?s)coco_clip.*FILE.json"):
         build_dataset("coco_captions", TRANSFORM)
+
+
+# ---- read_ahead: the batches of a loader without workers, read one ahead in a thread
+
+def reader_threads() -> set:
+    return {thread for thread in threading.enumerate() if thread.name == "paddlemix-read-ahead"}
+
+
+def wait_for(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_read_ahead_yields_every_item_in_order_and_reads_at_most_one_ahead():
+    produced = []
+
+    def items():
+        for i in range(5):
+            produced.append(i)
+            yield i
+
+    seen, before = [], reader_threads()
+    for item in read_ahead(items()):
+        assert wait_for(lambda: len(produced) >= min(item + 2, 5))
+        time.sleep(0.05)
+        assert len(produced) <= item + 3  # the item in hand, one in the queue, one waiting to go in
+        seen.append(item)
+    assert seen == list(range(5))
+    assert wait_for(lambda: reader_threads() == before)
+
+
+@pytest.fixture()
+def deadline():
+    """Raises TimeoutError in the test after 10 s: a hang fails the test instead of the CI run."""
+    def expire(signum, frame):
+        raise TimeoutError("the consumer still waits after 10 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_exception_while_reading_reaches_the_consumer_instead_of_hanging_it(deadline):
+    def items():
+        yield 1
+        raise OSError("image file is truncated")
+
+    before = reader_threads()
+    consumer = read_ahead(items())
+    assert next(consumer) == 1
+    with pytest.raises(OSError, match="truncated"):
+        next(consumer)
+    assert wait_for(lambda: reader_threads() == before)
+
+
+def test_a_signal_reaches_a_consumer_waiting_for_a_slow_reader():
+    """SIGTERM's handler (the trainer saves a checkpoint) must run while the loop waits for a batch."""
+    def slow():
+        time.sleep(3)
+        yield 1
+
+    def interrupt(signum, frame):
+        raise InterruptedError("signal handled")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    consumer = read_ahead(slow())
+    started = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with pytest.raises(InterruptedError, match="signal handled"):
+            next(consumer)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - started < 5
+
+
+def test_a_consumer_that_stops_early_stops_the_reader():
+    before = reader_threads()
+    consumer = read_ahead(itertools.count())
+    assert [next(consumer) for _ in range(3)] == [0, 1, 2]
+    assert len(reader_threads() - before) == 1
+    consumer.close()
+    assert wait_for(lambda: reader_threads() == before)
+
+
+def test_a_training_loader_without_workers_raises_a_collators_error_in_the_training_loop(shapes, deadline):
+    class BrokenTokenizer:
+        context_length = 8
+
+        def __call__(self, captions):
+            raise RuntimeError("tokenizer exploded")
+
+    loader = ImageTextLoader(coco_karpathy("train", TRANSFORM, data_dir=str(shapes)), batch_size=4,
+                             tokenizer=BrokenTokenizer())
+    with pytest.raises(RuntimeError, match="tokenizer exploded"):
+        next(iter(loader))

@@ -109,7 +109,7 @@ def test_a_build_is_reused_only_on_a_cpu_with_the_same_model_and_flags(monkeypat
     assert external_ops.build_directory() == here  # this CPU again: its own build, reused
 
 
-def test_two_processes_building_at_once_both_load_the_op(tmp_path):
+def test_two_processes_building_at_once_both_load_the_op_and_later_ones_load_the_finished_build(tmp_path):
     script = textwrap.dedent("""
         import paddle
         from paddlemix.external_ops import fused_ops
@@ -122,6 +122,26 @@ def test_two_processes_building_at_once_both_load_the_op(tmp_path):
     outputs = [process.communicate(timeout=300)[0] for process in processes]
     assert all(process.returncode == 0 for process in processes), outputs
     assert all("ok 0.0" in output for output in outputs), outputs
+
+    # Later processes load the finished build's library without Paddle's setup step; a build
+    # directory without the mark (a build killed halfway) is built again, never loaded.
+    without_setup = textwrap.dedent("""
+        import paddle.utils.cpp_extension as extension
+
+        def refuse(**options):
+            raise RuntimeError("the setup step ran")
+
+        extension.load = refuse
+        from paddlemix import external_ops
+        print("loaded" if external_ops.fused_ops() is not None else external_ops._state["error"])
+    """)
+    assert subprocess.run([sys.executable, "-c", without_setup], env=env, capture_output=True, text=True,
+                          timeout=120).stdout.split("\n")[-2] == "loaded"
+    marks = list(tmp_path.glob(f"external_ops/*/{external_ops.BUILT_MARK}"))
+    assert len(marks) == 1
+    marks[0].unlink()
+    assert subprocess.run([sys.executable, "-c", without_setup], env=env, capture_output=True, text=True,
+                          timeout=120).stdout.split("\n")[-2] == "the setup step ran"
 
 
 def test_setup_py_installs_the_module_that_fused_ops_then_loads(tmp_path):

@@ -13,6 +13,8 @@ import pytest
 
 from paddlemix import AutoModel
 from paddlemix.models import CLIPConfig, TextConfig, VisionConfig
+from paddlemix.external_ops import SWITCH, fused_ops
+from paddlemix.trainer import optimization
 from paddlemix.trainer.optimization import (
     GlobalNormClip,
     build_optimizer,
@@ -235,6 +237,98 @@ def test_unknown_optimizer_name_and_mismatched_schedule_are_refused():
         build_optimizer("sgd", tiny_clip(), BASE_LR, **kwargs)
     with pytest.raises(ValueError, match="peaks at 0.002"):
         build_optimizer("adamw", tiny_clip(), cosine_schedule(2e-3, 1, 10), **kwargs)
+
+
+# ---- the fused AdamW step (one cpu_adamw call) against Paddle's per-parameter step
+
+def fused_step_counter(monkeypatch):
+    """The number of steps the cpu_adamw op has done so far, as a one-element list."""
+    calls = [0]
+    real = optimization.fused_adamw
+
+    def counting(*args, **kwargs):
+        done = real(*args, **kwargs)
+        calls[0] += done
+        return done
+
+    monkeypatch.setattr(optimization, "fused_adamw", counting)
+    return calls
+
+
+def train_steps(monkeypatch, fused_per_step, max_grad_norm=5.0, flat=False, seed=0, adjust=None):
+    """Parameters and optimizer state after len(fused_per_step) steps of build_optimizer's AdamW on a
+    tiny CLIP (groups with different lr multipliers and decays, decay-exempt parameters, one parameter
+    without a gradient), each step with the ops on or off as `fused_per_step` says; and the number of
+    steps the op did. `adjust(optimizer)` may change the optimizer first."""
+    calls = fused_step_counter(monkeypatch)
+    model = tiny_clip(seed)
+    schedule = cosine_schedule(BASE_LR, warmup_steps=2, total_steps=10)
+    settings = {} if flat else TOWER_SETTINGS
+    optimizer = build_optimizer("adamw", model, schedule, learning_rate=BASE_LR, weight_decay=0.05, beta1=BETA1,
+                                beta2=BETA2, epsilon=1e-6, max_grad_norm=max_grad_norm, flat=flat, **settings)
+    if adjust is not None:
+        adjust(optimizer)
+    for step, fused in enumerate(fused_per_step):
+        monkeypatch.setenv(SWITCH, "1" if fused else "0")
+        set_known_grads(model, seed=step)
+        model.logit_scale.clear_gradient(set_to_zero=False)  # a parameter with no gradient this step
+        optimizer.step()
+        optimizer.clear_grad()
+        schedule.step()
+    state = {f"{name} {kind}": accumulators[param.name].numpy() for name, param in model.named_parameters()
+             for kind, accumulators in optimizer._accumulators.items() if param.name in accumulators}
+    return {name: p.numpy() for name, p in model.named_parameters()}, state, calls[0]
+
+
+def assert_same_training(got, expected, rtol=1e-5):
+    """Equal up to float32 rounding order (Paddle's kernel may fuse multiply-adds)."""
+    (params, state, _), (expected_params, expected_state, _) = got, expected
+    assert state.keys() == expected_state.keys() and any(key.endswith("beta2_pow_acc") for key in state)
+    for name in expected_params:
+        np.testing.assert_allclose(params[name], expected_params[name], rtol=rtol, atol=1e-7, err_msg=name)
+    for key in expected_state:
+        np.testing.assert_allclose(state[key], expected_state[key], rtol=rtol, atol=1e-7, err_msg=key)
+
+
+@pytest.mark.parametrize("max_grad_norm, flat", [(5.0, False), (0.0, False), (0.0, True)])  # flat + clip needs fleet
+def test_fused_adamw_steps_equal_paddles_steps(monkeypatch, max_grad_norm, flat):
+    fused_ops(required=True)
+    paddles = train_steps(monkeypatch, [False] * 4, max_grad_norm, flat)
+    fused = train_steps(monkeypatch, [True] * 4, max_grad_norm, flat)
+    assert paddles[2] == 0 and fused[2] == 4
+    assert_same_training(fused, paddles)
+    assert not np.allclose(fused[0]["visual.proj"], tiny_clip().visual.proj.numpy())  # the parameters moved
+
+
+def test_a_run_that_switches_between_fused_and_paddles_steps_continues_the_same_state(monkeypatch):
+    """The op keeps Paddle's accumulators: a run resumed either way continues alike."""
+    fused_ops(required=True)
+    mixed = train_steps(monkeypatch, [True, True, False, True, False])
+    assert mixed[2] == 3
+    assert_same_training(mixed, train_steps(monkeypatch, [False] * 5))
+
+
+def test_options_the_op_lacks_run_paddles_step(monkeypatch):
+    def different_betas(optimizer):
+        optimizer._param_groups[0]["beta1"] = 0.5
+
+    fused_ops(required=True)
+    fused = train_steps(monkeypatch, [True] * 3, adjust=different_betas)
+    assert fused[2] == 0
+    assert_same_training(fused, train_steps(monkeypatch, [False] * 3, adjust=different_betas))
+
+
+def test_cpu_adamw_refuses_mismatched_inputs():
+    ops = fused_ops(required=True)
+    params, grads = [paddle.ones([3])], [paddle.ones([4])]
+    moments = [paddle.zeros([3])]
+    powers = [paddle.full([1], 0.9)]
+    with pytest.raises(OSError, match="cpu_adamw: gradient 0 has 4 values, its parameter 3"):
+        ops.cpu_adamw(params, grads, moments, [paddle.zeros([3])], powers, [paddle.full([1], 0.999)],
+                      paddle.ones([]), [1e-3], [0.0], 0.9, 0.999, 1e-8, 1)
+    with pytest.raises(OSError, match="one entry per parameter"):
+        ops.cpu_adamw(params, [paddle.ones([3])], moments, [paddle.zeros([3])], powers, [paddle.full([1], 0.999)],
+                      paddle.ones([]), [1e-3, 1e-3], [0.0], 0.9, 0.999, 1e-8, 1)
 
 
 # ---- clipping

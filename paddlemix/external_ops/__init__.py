@@ -13,7 +13,9 @@ the models then use Paddle's ops, and one warning per process says why. Its ops,
   float32);
 - `fused_ln`: layer norm over the last dimension, with its float32 row statistics;
 - `fused_bias_gelu`: exact GELU or QuickGELU of x + bias (the GPU MLPs' epilogue);
-- `token_embedding`: rows of a table by id, with its dense gradient (CPU, float32).
+- `token_embedding`: rows of a table by id, with its dense gradient (CPU, float32);
+- `cpu_adamw`: one AdamW step of many parameters in place, their gradients scaled by a clip factor
+  (CPU, float32; no gradient).
 CPU kernels take float32 (fused_ln and fused_bias_gelu float64 too); where Paddle has CUDA the CUDA
 kernels of fused_ln and fused_bias_gelu are built too (float32, float16, bfloat16). `python setup.py
 install` in this directory installs the same module instead. Several processes that start together
@@ -35,10 +37,11 @@ from ..utils.hub import ppmix_home
 from ..utils.log import logger
 from .build_flags import CXX_FLAGS, MODULE_NAME, NVCC_FLAGS, SOURCE_DIRECTORY, link_flags, source_paths
 
-OPS = ("onednn_linear", "onednn_mlp", "cpu_attention", "fused_ln", "fused_bias_gelu", "token_embedding")
+OPS = ("onednn_linear", "onednn_mlp", "cpu_attention", "fused_ln", "fused_bias_gelu", "token_embedding", "cpu_adamw")
 SWITCH = "PPMIX_FUSED_OPS"  # "0": the models use Paddle's own ops only
 ACTIVATIONS = {None: 0, "gelu": 1, "quick_gelu": 2}  # onednn_linear's `activation` attribute
 _state = {"module": None, "tried": False}
+BUILT_MARK = "built"  # in a build directory: its library is complete
 
 
 def build_directory() -> Path:
@@ -53,16 +56,27 @@ def build_directory() -> Path:
 
 
 def _build():
+    """The module built in build_directory(): compiled there once, then loaded straight from its library.
+
+    Paddle's `load` runs its setup step in a subprocess even when nothing changed (2 s at every process
+    start). The directory's name already says which sources, flags, Paddle and CPU it was built for, so a
+    finished build (marked by BUILT_MARK, written only after `load` succeeded: a build killed halfway
+    leaves no mark) is loaded directly."""
     from paddle.utils.cpp_extension import load
+    from paddle.utils.cpp_extension.extension_utils import _import_module_from_library
 
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others load what it built
         try:
-            return load(name=MODULE_NAME, sources=source_paths(paddle.is_compiled_with_cuda()),
-                        build_directory=str(directory), extra_cxx_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS,
-                        extra_ldflags=link_flags(), extra_include_paths=[str(SOURCE_DIRECTORY)], verbose=False)
+            if (directory / BUILT_MARK).is_file():
+                return _import_module_from_library(MODULE_NAME, str(directory / MODULE_NAME))
+            module = load(name=MODULE_NAME, sources=source_paths(paddle.is_compiled_with_cuda()),
+                          build_directory=str(directory), extra_cxx_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS,
+                          extra_ldflags=link_flags(), extra_include_paths=[str(SOURCE_DIRECTORY)], verbose=False)
+            (directory / BUILT_MARK).touch()
+            return module
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -191,3 +205,20 @@ def _can_run(ops, x: paddle.Tensor) -> bool:
     if x.place.is_gpu_place():
         return paddle.is_compiled_with_cuda() and x.dtype in (paddle.float32, paddle.float16, paddle.bfloat16)
     return x.place.is_cpu_place() and x.dtype in (paddle.float32, paddle.float64)
+
+
+def fused_adamw(params, grads, moment1, moment2, beta1_pows, beta2_pows, grad_scale: Optional[paddle.Tensor], *,
+                learning_rates, decay_coeffs, beta1: float, beta2: float, epsilon: float, ops=None) -> bool:
+    """One AdamW step of every parameter in `params` by the cpu_adamw op, in place (Paddle's AdamW kernel's
+    arithmetic and accumulators; per-parameter `learning_rates` and decoupled `decay_coeffs`), the gradients
+    multiplied by `grad_scale` (a clip factor; None: 1). False, with nothing changed, where the op cannot
+    run these tensors (not all float32 on CPU)."""
+    ops = ops or fused_ops()
+    grad_scale = paddle.ones([], "float32") if grad_scale is None else grad_scale
+    tensors = [*params, *grads, *moment1, *moment2, *beta1_pows, *beta2_pows, grad_scale]
+    if ops is None or not _float32_on_cpu(*tensors):
+        return False
+    # detached views share the parameters' memory; Paddle refuses in-place ops on leaves that take gradients
+    ops.cpu_adamw([param.detach() for param in params], grads, moment1, moment2, beta1_pows, beta2_pows, grad_scale,
+                  list(learning_rates), list(decay_coeffs), beta1, beta2, epsilon, cpu_threads())
+    return True
