@@ -64,7 +64,7 @@ def bench_paddlemix(args) -> dict:
             loss = training_loss(loss_fn, model(image=images, input_ids=ids))
             loss.backward()
             optimizer.step()
-            optimizer.clear_grad()
+            optimizer.clear_grad(set_to_zero=False)  # freed, as open_clip's zero_grad(set_to_none=True)
             float(loss)
 
         results["train_step"] = median_rate(train_step, args.train_batch, args.steps, args.warmup)

@@ -18,6 +18,7 @@ import paddlemix.external_ops as external_ops
 from paddlemix import AutoConfig, AutoModel
 from paddlemix.external_ops import cpu_threads, fused_ops
 from paddlemix.models.layers import attention as attention_module
+from paddlemix.models.layers.attention import Attention, CrossAttention
 from paddlemix.models.layers import embedding as embedding_module
 from paddlemix.models.layers import linear as linear_module
 from paddlemix.models.layers import norm as norm_module
@@ -255,7 +256,8 @@ def loss_and_grads(model, image, ids):
 @pytest.mark.parametrize("quick_gelu", [False, True], ids=["gelu", "quick_gelu"])
 def test_models_use_the_fused_ops_by_default_and_compute_what_paddle_does(ops, monkeypatch, name, quick_gelu):
     """With no config key, every Linear (its activation included), every LayerNorm (EVA's sub-LNs
-    too), the token embedding and the attention run in the ops; PPMIX_FUSED_OPS=0 runs none, and the loss and every gradient are the same."""
+    too), the token embedding and every attention layer (CoCa's text tower with its padding mask per caption
+    too) run in the ops; PPMIX_FUSED_OPS=0 runs none, and the loss and every gradient are the same."""
     config = AutoConfig.from_pretrained(name)
     config.quick_gelu = quick_gelu
     for tower in (config.vision_cfg, config.text_cfg, getattr(config, "multimodal_cfg", None)):
@@ -266,6 +268,7 @@ def test_models_use_the_fused_ops_by_default_and_compute_what_paddle_does(ops, m
     model.eval()  # no drop path: the two runs would draw different paths
     image = paddle.randn([2, 3, *model.visual.image_size])
     ids = paddle.randint(1, config.text_cfg.vocab_size - 1, [2, config.text_cfg.context_length])
+    ids[1, 10:] = config.text_cfg.pad_id  # a short caption: CoCa's text tower masks its padding
     linears = CallCounter(monkeypatch, linear_module, "fused_linear")
     norms = CallCounter(monkeypatch, norm_module, "fused_layer_norm")
     embeddings = CallCounter(monkeypatch, embedding_module, "fused_embedding")
@@ -275,7 +278,8 @@ def test_models_use_the_fused_ops_by_default_and_compute_what_paddle_does(ops, m
     assert linears.calls > 0 and linears.ran == linears.calls
     assert norms.ran == norms.calls >= len(layer_norms)
     assert embeddings.ran == embeddings.calls > 0
-    assert attentions.ran > 0  # (a text tower with a class token masks padding per caption: einsum there)
+    attention_layers = [layer for layer in model.sublayers() if isinstance(layer, (Attention, CrossAttention))]
+    assert attentions.ran == attentions.calls == len(attention_layers)  # CoCa's text tower, padding masked per caption
     monkeypatch.setenv(external_ops.SWITCH, "0")
     linears.ran = norms.ran = embeddings.ran = attentions.ran = 0
     plain_loss, plain_grads = loss_and_grads(model, image, ids)

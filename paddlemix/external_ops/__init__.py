@@ -169,17 +169,34 @@ def fused_mlp(x: paddle.Tensor, w1: paddle.Tensor, b1: paddle.Tensor, w2: paddle
 def fused_attention(query: paddle.Tensor, key: paddle.Tensor, value: paddle.Tensor, attn_mask: Optional[paddle.Tensor],
                     scale: float, ops=None) -> Optional[paddle.Tensor]:
     """softmax(scale query key^T + attn_mask) value by the cpu_attention op ([batch, tokens, heads,
-    head_dim] tensors; attn_mask None or an additive [queries, keys] matrix), or None where it cannot
-    run these tensors (not all float32 on CPU, or a mask of another shape)."""
+    head_dim] tensors; attn_mask None or additive, broadcastable to [batch, heads, queries, keys]), or
+    None where it cannot run these tensors: not all float32 on CPU, a mask that varies per head (the op
+    broadcasts it over heads), or one that needs a gradient (the op gives the mask none)."""
     ops = ops or fused_ops()
     tensors = (query, key, value) + (() if attn_mask is None else (attn_mask,))
     if ops is None or not _float32_on_cpu(*tensors):
         return None
     if attn_mask is None:
-        attn_mask = paddle.empty([0], dtype=paddle.float32)
-    elif attn_mask.shape != [query.shape[1], key.shape[1]]:
+        mask = paddle.empty([0], dtype=paddle.float32)
+    else:
+        mask = _mask_for_op(attn_mask, query.shape[0], query.shape[1], key.shape[1])
+    if mask is None:
         return None
-    return ops.cpu_attention(query, key, value, attn_mask, scale, cpu_threads())[0]
+    return ops.cpu_attention(query, key, value, mask, scale, cpu_threads())[0]
+
+
+def _mask_for_op(mask: paddle.Tensor, batch: int, queries: int, keys: int) -> Optional[paddle.Tensor]:
+    """A mask broadcastable to [batch, heads, queries, keys] as cpu_attention takes it: [queries, keys]
+    where every batch row shares it, else [batch, queries, keys]; None where it varies per head or needs
+    a gradient. A mask of one row per batch row ([batch, 1, 1, keys], key padding) is expanded over the
+    queries: batch x queries x keys floats, 0.2 MB for a text tower at batch 8."""
+    shape = [1] * (4 - len(mask.shape)) + list(mask.shape)
+    if not mask.stop_gradient or len(shape) > 4 or shape[1] != 1 or shape[0] not in (1, batch) \
+            or shape[2] not in (1, queries) or shape[3] != keys:
+        return None
+    target = [queries, keys] if shape[0] == 1 else [batch, queries, keys]
+    mask = mask.reshape(target[:-2] + shape[2:])
+    return mask if shape[2] == queries else mask.expand(target)
 
 
 def fused_embedding(ids: paddle.Tensor, weight: paddle.Tensor, ops=None) -> Optional[paddle.Tensor]:

@@ -1,6 +1,7 @@
 // cpu_attention: O = softmax(scale Q K^T + mask) V over token-major [batch, tokens, heads, head_dim] float32
-// tensors (Paddle's layout), forward and backward, on CPU. The mask is additive and [queries, keys],
-// broadcast over batch and heads (0 / -inf entries, a causal mask the main case; finite entries work too),
+// tensors (Paddle's layout), forward and backward, on CPU. The mask is additive (0 / -inf entries; finite
+// entries work too) and broadcast over heads: [queries, keys], shared by the batch rows (a causal mask the
+// main case), or [batch, queries, keys], one per batch row (a text tower that masks each caption's padding),
 // or an empty [0] tensor for none. Outputs: O, and lse = log(sum(exp(scores))) [batch, heads, queries]
 // (float32), the only thing the backward needs besides Q, K, V: the probabilities [batch, heads, queries,
 // keys] are never stored.
@@ -17,7 +18,8 @@
 // P = exp(S + mask - lse) recomputed, dP = dO V^T, dS = P (dP - rowsum(P dP)), dQ = scale dS K; then
 // dV += P^T dO and dK += dS^T (scale Q) over the block.
 // Masked keys are skipped: a query's keys end at its last finite mask entry and a key's queries start at
-// the first query that sees it, so a causal mask costs about half the products of none.
+// the first query that sees it (per batch row where the mask is), so a causal mask costs about half the
+// products of none, and a caption's padded keys at the end of its row cost nothing.
 // A query that sees no key (mask row all -inf, or no keys at all) gets output 0, lse +inf and zero
 // gradients, where the einsum formula gives NaN.
 //
@@ -38,6 +40,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "activation.h"
@@ -192,48 +195,60 @@ TokenMajor<T> View(T* data, const std::vector<int64_t>& shape) {
   return {data, shape[1], shape[2], shape[3]};
 }
 
-// Which keys each query sees, from the mask (read-only, shared by the threads).
+// The mask rows of each batch row, and which keys each query sees (read-only, shared by the threads). One
+// [queries, keys] mask serves every batch row, or each batch row has its own (a text tower's padding).
 class KeyRange {
  public:
-  KeyRange(const float* mask, const Shape& shape)
-      : has_mask_(mask != nullptr),
+  KeyRange(const paddle::Tensor& mask, const Shape& shape)
+      : masks_(mask.shape().size() == 3 ? shape.batch : mask.shape().size() == 2 ? 1 : 0),
+        queries_(shape.queries),
+        keys_(shape.keys),
         keys_padded_(shape.keys_padded),
-        padded_mask_((has_mask_ ? shape.queries : 1) * shape.keys_padded),
-        query_keys_(shape.queries, shape.keys),
-        first_query_(shape.keys, 0) {
-    for (int64_t i = 0; i < (has_mask_ ? shape.queries : 1); ++i) {
-      float* row = padded_mask_.data() + i * keys_padded_;
-      if (has_mask_) std::memcpy(row, mask + i * shape.keys, shape.keys * sizeof(float));
-      std::fill(row + shape.keys, row + keys_padded_, -kInfinity);
+        padded_mask_(std::max<int64_t>(1, masks_ * shape.queries) * shape.keys_padded),
+        query_keys_(std::max<int64_t>(1, masks_) * shape.queries, shape.keys),
+        first_query_(std::max<int64_t>(1, masks_) * shape.keys, 0) {
+    if (masks_ == 0)  // one row of zeros for every query, -inf past the keys
+      std::fill(padded_mask_.data() + keys_, padded_mask_.data() + keys_padded_, -kInfinity);
+    const float* source = masks_ > 0 ? mask.data<float>() : nullptr;
+    for (int64_t row = 0; row < masks_ * queries_; ++row) {
+      const float* entries = source + row * keys_;
+      float* padded = padded_mask_.data() + row * keys_padded_;
+      std::memcpy(padded, entries, keys_ * sizeof(float));
+      std::fill(padded + keys_, padded + keys_padded_, -kInfinity);
+      int64_t end = keys_;
+      while (end > 0 && entries[end - 1] == -kInfinity) --end;
+      query_keys_[row] = end;
     }
-    if (!has_mask_) return;
-    for (int64_t i = 0; i < shape.queries; ++i) {
-      const float* row = mask + i * shape.keys;
-      int64_t end = shape.keys;
-      while (end > 0 && row[end - 1] == -kInfinity) --end;
-      query_keys_[i] = end;
+    for (int64_t m = 0; m < masks_; ++m) {
+      int64_t* first_query = first_query_.data() + m * keys_;
+      std::fill(first_query, first_query + keys_, queries_);
+      for (int64_t i = queries_ - 1; i >= 0; --i)
+        for (int64_t k = 0; k < query_keys_[m * queries_ + i]; ++k) first_query[k] = i;
     }
-    std::fill(first_query_.begin(), first_query_.end(), shape.queries);
-    for (int64_t i = shape.queries - 1; i >= 0; --i)
-      for (int64_t k = 0; k < query_keys_[i]; ++k) first_query_[k] = i;
   }
 
-  // The mask row of query i, keys_padded long (-inf past the keys; zeros without a mask).
-  const float* MaskRow(int64_t i) const { return padded_mask_.data() + (has_mask_ ? i * keys_padded_ : 0); }
-
-  // Keys that queries [first, first + count) may see: [0, result); all later ones are masked.
-  int64_t KeysOf(int64_t first, int64_t count) const {
-    return *std::max_element(query_keys_.begin() + first, query_keys_.begin() + first + count);
+  // The mask row of query i of batch row b, keys_padded long (-inf past the keys; zeros without a mask).
+  const float* MaskRow(int64_t b, int64_t i) const {
+    return padded_mask_.data() + (masks_ > 0 ? (MaskOf(b) * queries_ + i) * keys_padded_ : 0);
   }
 
-  // The first query that may see one of keys [first, first + count).
-  int64_t FirstQueryOf(int64_t first, int64_t count) const {
-    return *std::min_element(first_query_.begin() + first, first_query_.begin() + first + count);
+  // Keys that queries [first, first + count) of batch row b may see: [0, result); all later ones are masked.
+  int64_t KeysOf(int64_t b, int64_t first, int64_t count) const {
+    const auto begin = query_keys_.begin() + MaskOf(b) * queries_ + first;
+    return *std::max_element(begin, begin + count);
+  }
+
+  // The first query of batch row b that may see one of keys [first, first + count).
+  int64_t FirstQueryOf(int64_t b, int64_t first, int64_t count) const {
+    const auto begin = first_query_.begin() + MaskOf(b) * keys_ + first;
+    return *std::min_element(begin, begin + count);
   }
 
  private:
-  bool has_mask_;
-  int64_t keys_padded_;
+  int64_t MaskOf(int64_t b) const { return masks_ > 1 ? b : 0; }
+
+  int64_t masks_;  // 0 (no mask), 1 (shared by the batch rows) or one per batch row
+  int64_t queries_, keys_, keys_padded_;
   Buffer padded_mask_;
   std::vector<int64_t> query_keys_;
   std::vector<int64_t> first_query_;
@@ -346,12 +361,12 @@ void AttentionForwardKernel(const TokenMajor<const float>& q, const TokenMajor<c
       float* pair_lse = lse + pair * shape.queries;
       for (int64_t first = 0; first < shape.queries; first += kTileRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kTileRows, shape.queries - first));
-        const int64_t seen = range.KeysOf(first, rows), limit = VectorLimit(seen, shape);
+        const int64_t seen = range.KeysOf(b, first, rows), limit = VectorLimit(seen, shape);
         GatherRows(q, b, h, first, rows, dim, scale, queries.data(), dim_padded);
         Product<false>(rows, {queries.data(), dim_padded, 1}, {keys_transposed.data(), keys_padded},
                        {scores.data(), keys_padded}, limit, 0, dim);
         for (int r = 0; r < rows; ++r)
-          inverse_sums[r] = SoftmaxRow(scores.data() + r * keys_padded, range.MaskRow(first + r), limit,
+          inverse_sums[r] = SoftmaxRow(scores.data() + r * keys_padded, range.MaskRow(b, first + r), limit,
                                        pair_lse + first + r);
         Product<false>(rows, {scores.data(), keys_padded, 1}, {values.data(), dim_padded},
                        {output.data(), dim_padded}, dim_padded, 0, std::min(seen, shape.keys));
@@ -391,7 +406,7 @@ void AttentionBackwardKernel(const TokenMajor<const float>& q, const TokenMajor<
         // per tile of queries: P (recomputed), dS, dQ; P and dS rows are kept for the block's dK and dV
         for (int64_t tile = 0; tile < count; tile += kTileRows) {
           const int rows = static_cast<int>(std::min<int64_t>(kTileRows, count - tile));
-          const int64_t seen = range.KeysOf(first + tile, rows), limit = VectorLimit(seen, shape);
+          const int64_t seen = range.KeysOf(b, first + tile, rows), limit = VectorLimit(seen, shape);
           float* p = probabilities.data() + tile * keys_padded;
           float* ds = d_scores.data() + tile * keys_padded;
           Product<false>(rows, {queries.data() + tile * dim_padded, dim_padded, 1},
@@ -401,7 +416,7 @@ void AttentionBackwardKernel(const TokenMajor<const float>& q, const TokenMajor<
           for (int r = 0; r < rows; ++r) {
             float* p_row = p + r * keys_padded;
             float* ds_row = ds + r * keys_padded;  // dP on entry
-            ShiftedExp(p_row, range.MaskRow(first + tile + r), pair_lse[first + tile + r], p_row, limit);
+            ShiftedExp(p_row, range.MaskRow(b, first + tile + r), pair_lse[first + tile + r], p_row, limit);
             FloatVector products{};
             for (int64_t j = 0; j < limit; j += kLanes) products += Load(p_row + j) * Load(ds_row + j);
             const FloatVector row_dot = FloatVector{} + HorizontalSum(products);
@@ -417,7 +432,7 @@ void AttentionBackwardKernel(const TokenMajor<const float>& q, const TokenMajor<
         // dV += P^T dO and dK += dS^T (scale Q), over the block's queries that see each tile of keys
         for (int64_t key = 0; key < shape.keys; key += kTileRows) {
           const int rows = static_cast<int>(std::min<int64_t>(kTileRows, shape.keys - key));
-          const int64_t begin = std::max<int64_t>(0, range.FirstQueryOf(key, rows) - first);
+          const int64_t begin = std::max<int64_t>(0, range.FirstQueryOf(b, key, rows) - first);
           if (begin >= count) continue;
           Product<true>(rows, {probabilities.data() + key, 1, keys_padded}, {d_outputs.data(), dim_padded},
                         {d_values.data() + key * dim_padded, dim_padded}, dim_padded, begin, count);
@@ -429,6 +444,12 @@ void AttentionBackwardKernel(const TokenMajor<const float>& q, const TokenMajor<
       ScatterRows(d_values.data(), dim_padded, b, h, 0, shape.keys, dim, nullptr, 1.0f, d_v);
     }
   }
+}
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i > 0 ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
 }
 
 void CheckTokenMajor(const paddle::Tensor& t, const char* name) {
@@ -451,9 +472,12 @@ Shape CheckInputs(const paddle::Tensor& q, const paddle::Tensor& k, const paddle
            qs[2], ", ", qs[3], "] (Q's batch, heads and head_dim)");
   PD_CHECK(mask.is_cpu() && mask.dtype() == paddle::DataType::FLOAT32 && mask.is_contiguous(),
            "cpu_attention: Mask must be a contiguous float32 CPU tensor");
-  const bool no_mask = mask.shape() == std::vector<int64_t>{0};
-  PD_CHECK(no_mask || mask.shape() == std::vector<int64_t>({qs[1], ks[1]}), "cpu_attention: Mask must be [", qs[1],
-           ", ", ks[1], "] ([queries, keys], additive) or an empty [0] tensor for none");
+  const auto& ms = mask.shape();
+  PD_CHECK(ms == std::vector<int64_t>{0} || ms == std::vector<int64_t>({qs[1], ks[1]}) ||
+               ms == std::vector<int64_t>({qs[0], qs[1], ks[1]}),
+           "cpu_attention: Mask must be [", qs[1], ", ", ks[1], "] ([queries, keys], shared by the batch rows) or [",
+           qs[0], ", ", qs[1], ", ", ks[1], "] ([batch, queries, keys], one per batch row), additive, or an empty [0] "
+           "tensor for none; got ", ShapeText(ms));
   PD_CHECK(threads >= 1, "cpu_attention: threads must be >= 1, got ", threads);
   return {qs[0], qs[1], ks[1], qs[2], qs[3], RoundUp(ks[1], kLanes), RoundUp(qs[3], kLanes)};
 }
@@ -466,7 +490,7 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const padd
   const Shape shape = CheckInputs(q, k, v, mask, threads);
   auto out = paddle::empty(q.shape(), paddle::DataType::FLOAT32, q.place());
   auto lse = paddle::empty({shape.batch, shape.heads, shape.queries}, paddle::DataType::FLOAT32, q.place());
-  KeyRange range(mask.shape().size() == 2 ? mask.data<float>() : nullptr, shape);
+  KeyRange range(mask, shape);
   AttentionForwardKernel(View(q.data<float>(), q.shape()), View(k.data<float>(), k.shape()),
                          View(v.data<float>(), v.shape()), range, shape, scale, threads,
                          View(out.data<float>(), out.shape()), lse.data<float>());
@@ -485,7 +509,7 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& q, const pad
   auto d_q = paddle::empty(q.shape(), paddle::DataType::FLOAT32, q.place());
   auto d_k = paddle::empty(k.shape(), paddle::DataType::FLOAT32, k.place());
   auto d_v = paddle::empty(v.shape(), paddle::DataType::FLOAT32, v.place());
-  KeyRange range(mask.shape().size() == 2 ? mask.data<float>() : nullptr, shape);
+  KeyRange range(mask, shape);
   AttentionBackwardKernel(View(q.data<float>(), q.shape()), View(k.data<float>(), k.shape()),
                           View(v.data<float>(), v.shape()), range, lse.data<float>(),
                           View(d_out.data<float>(), d_out.shape()), shape, scale, threads,

@@ -32,9 +32,10 @@ def scaled_dot_product_attention(
     """softmax(q k^T / sqrt(d) + mask) v on [batch, tokens, heads, head_dim] tensors (Paddle's layout).
 
     `attn_mask` is additive (0 or -inf), broadcastable to [batch, heads, q_tokens, k_tokens].
-    On CPU (float32, no mask or one [q_tokens, k_tokens] mask) paddlemix's cpu_attention op
-    computes it in one pass, forward and backward (external_ops; 3x faster than the einsum path for
-    ViT-B-32, and it keeps no probabilities for the backward). `fused` uses Paddle's fused kernel
+    On CPU (float32, a mask the same for every head: none, [q_tokens, k_tokens], or one per batch
+    row such as a text tower's causal + padding mask) paddlemix's cpu_attention op computes it in one
+    pass, forward and backward (external_ops; 3x faster than the einsum path for ViT-B-32, and it keeps
+    no probabilities for the backward). `fused` uses Paddle's fused kernel
     (flash attention) on a GPU in half precision. Elsewhere the einsum path below computes the same
     result. einsum keeps the token-major layout end to end: on CPU, materialising head-major
     transposes costs more than the attention itself (62 ms vs 15 ms per ViT-B/32 block at batch 32).
