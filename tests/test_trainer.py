@@ -106,6 +106,13 @@ def test_stage2_sharding_and_tensor_parallel_on_cpu_fail_at_start_up(setup):
         build_model(model_args, args)
 
 
+def test_gradients_are_freed_after_each_step_as_open_clip_does():
+    """PaddleNLP's default zeroes them and keeps them through the next forward: a copy of the parameters
+    more at the peak than open_clip's zero_grad(set_to_none=True); --release_grads false brings that back."""
+    assert parse_arguments(["--output_dir", "x"])[2].release_grads
+    assert not parse_arguments(["--output_dir", "x", "--release_grads", "false"])[2].release_grads
+
+
 def test_gradient_accumulation_trains_like_the_larger_batch(setup, tmp_path):
     """2 micro-batches of 8 reach the parameters of batches of 16: the contrastive negatives are
     those of the whole batch (open_clip's feature-caching accumulation), not of each micro-batch."""

@@ -109,6 +109,12 @@ class CLIPTrainingArguments(TrainingArguments):
     max_nonfinite_steps: int = field(
         default=10, metadata={"help": "stop after this many NaN/inf losses in a row (each one skips its update)"}
     )
+    # PaddleNLP zeroes the gradients after each step and keeps them through the next forward; open_clip's loop
+    # frees them (zero_grad(set_to_none=True)): one copy of the parameters less at the peak (CoCa-B-32,
+    # 253M parameters, batch 8: 5,868 -> 5,109 MiB peak RSS, open_clip 5,451-5,596)
+    release_grads: bool = field(
+        default=True, metadata={"help": "free the gradients after each optimizer step, as open_clip does"}
+    )
 
     def __post_init__(self):
         for flag in ("per_device_train_batch_size", "per_device_eval_batch_size"):
