@@ -21,7 +21,9 @@ from paddlemix.models.layers import attention as attention_module
 from paddlemix.models.layers.attention import Attention, CrossAttention
 from paddlemix.models.layers import embedding as embedding_module
 from paddlemix.models.layers import linear as linear_module
+from paddlemix.models.layers import mlp as mlp_module
 from paddlemix.models.layers import norm as norm_module
+from paddlemix.models.layers import rope as rope_module
 from paddlemix.models.layers.norm import layer_norm
 from paddlemix.models.loss_registry import build_loss, training_loss
 
@@ -256,8 +258,9 @@ def loss_and_grads(model, image, ids):
 @pytest.mark.parametrize("quick_gelu", [False, True], ids=["gelu", "quick_gelu"])
 def test_models_use_the_fused_ops_by_default_and_compute_what_paddle_does(ops, monkeypatch, name, quick_gelu):
     """With no config key, every Linear (its activation included), every LayerNorm (EVA's sub-LNs
-    too), the token embedding and every attention layer (CoCa's text tower with its padding mask per caption
-    too) run in the ops; PPMIX_FUSED_OPS=0 runs none, and the loss and every gradient are the same."""
+    too), the token embedding, every attention layer (CoCa's text tower with its padding mask per caption
+    too), and EVA02's SwiGLU and rope run in the ops; PPMIX_FUSED_OPS=0 runs none, and the loss and every
+    gradient are the same."""
     config = AutoConfig.from_pretrained(name)
     config.quick_gelu = quick_gelu
     for tower in (config.vision_cfg, config.text_cfg, getattr(config, "multimodal_cfg", None)):
@@ -273,6 +276,8 @@ def test_models_use_the_fused_ops_by_default_and_compute_what_paddle_does(ops, m
     norms = CallCounter(monkeypatch, norm_module, "fused_layer_norm")
     embeddings = CallCounter(monkeypatch, embedding_module, "fused_embedding")
     attentions = CallCounter(monkeypatch, attention_module, "fused_attention")
+    swiglus = CallCounter(monkeypatch, mlp_module, "fused_swiglu")
+    ropes = CallCounter(monkeypatch, rope_module, "fused_rope")
     fused_loss, fused_grads = loss_and_grads(model, image, ids)
     layer_norms = [layer for layer in model.sublayers() if isinstance(layer, paddle.nn.LayerNorm)]
     assert linears.calls > 0 and linears.ran == linears.calls
@@ -280,10 +285,14 @@ def test_models_use_the_fused_ops_by_default_and_compute_what_paddle_does(ops, m
     assert embeddings.ran == embeddings.calls > 0
     attention_layers = [layer for layer in model.sublayers() if isinstance(layer, (Attention, CrossAttention))]
     assert attentions.ran == attentions.calls == len(attention_layers)  # CoCa's text tower, padding masked per caption
+    swiglu_layers = [layer for layer in model.sublayers() if isinstance(layer, mlp_module.SwiGLU)]
+    assert swiglus.ran == swiglus.calls == len(swiglu_layers)
+    assert ropes.ran == ropes.calls == (2 if model.visual.rope is not None else 0)  # query and key of one block
+    assert (len(swiglu_layers) > 0) == (ropes.ran > 0) == (name == "paddlemix/EVA/EVA02-CLIP-B-16")
     monkeypatch.setenv(external_ops.SWITCH, "0")
-    linears.ran = norms.ran = embeddings.ran = attentions.ran = 0
+    linears.ran = norms.ran = embeddings.ran = attentions.ran = swiglus.ran = ropes.ran = 0
     plain_loss, plain_grads = loss_and_grads(model, image, ids)
-    assert linears.ran == norms.ran == embeddings.ran == attentions.ran == 0
+    assert linears.ran == norms.ran == embeddings.ran == attentions.ran == swiglus.ran == ropes.ran == 0
     assert abs(fused_loss - plain_loss) <= 1e-5 * max(1.0, abs(plain_loss))
     assert fused_grads.keys() == plain_grads.keys()
     for key in plain_grads:

@@ -8,9 +8,13 @@ the models then use Paddle's ops, and one warning per process says why. Its ops,
   primitive (Paddle's own libdnnl) with the bias and activation as epilogues (CPU, float32);
 - `onednn_mlp`: act(x W1 + b1) W2 + b2 with the same GEMMs, keeping z = x W1 + b1 but not act(z) for
   its backward (CPU, float32);
+- `onednn_swiglu`: silu(x W1 + b1) * (x W2 + b2) with the same GEMMs, silu and the product as their
+  post-ops without gradients; with them it keeps both pre-activations, not the product (CPU, float32);
 - `cpu_attention`: softmax(scale q k^T + mask) v on token-major [batch, tokens, heads, head_dim]
   tensors in one pass, its backward recomputing the probabilities from the row log-sum-exps (CPU,
   float32);
+- `cpu_rope`: per-token rotary embedding of [batch, tokens, heads, head_dim] tensors from the
+  block-diagonal rotation matrices of layers.rope, reading only their 2x2 blocks (CPU, float32);
 - `fused_ln`: layer norm over the last dimension, with its float32 row statistics;
 - `fused_bias_gelu`: exact GELU or QuickGELU of x + bias (the GPU MLPs' epilogue);
 - `token_embedding`: rows of a table by id, with its dense gradient (CPU, float32);
@@ -37,7 +41,8 @@ from ..utils.hub import ppmix_home
 from ..utils.log import logger
 from .build_flags import CXX_FLAGS, MODULE_NAME, NVCC_FLAGS, SOURCE_DIRECTORY, link_flags, source_paths
 
-OPS = ("onednn_linear", "onednn_mlp", "cpu_attention", "fused_ln", "fused_bias_gelu", "token_embedding", "cpu_adamw")
+OPS = ("onednn_linear", "onednn_mlp", "onednn_swiglu", "cpu_attention", "cpu_rope", "fused_ln", "fused_bias_gelu",
+       "token_embedding", "cpu_adamw")
 SWITCH = "PPMIX_FUSED_OPS"  # "0": the models use Paddle's own ops only
 ACTIVATIONS = {None: 0, "gelu": 1, "quick_gelu": 2}  # onednn_linear's `activation` attribute
 _state = {"module": None, "tried": False}
@@ -164,6 +169,28 @@ def fused_mlp(x: paddle.Tensor, w1: paddle.Tensor, b1: paddle.Tensor, w2: paddle
         return None
     keep = _backward_can_follow(*tensors)
     return ops.onednn_mlp(x, w1, b1, w2, b2, ACTIVATIONS[activation], keep, bf16, cpu_threads())[0]
+
+
+def fused_swiglu(x: paddle.Tensor, w1: paddle.Tensor, b1: paddle.Tensor, w2: paddle.Tensor, b2: paddle.Tensor,
+                 bf16: bool = False, ops=None) -> Optional[paddle.Tensor]:
+    """silu(x @ w1 + b1) * (x @ w2 + b2) [..., hidden] by the onednn_swiglu op, or None where it cannot run
+    these tensors (not all float32 on CPU, or empty)."""
+    ops = ops or fused_ops()
+    tensors = (x, w1, b1, w2, b2)
+    if ops is None or not _float32_on_cpu(*tensors) or 0 in [*x.shape, *w1.shape]:
+        return None
+    keep = _backward_can_follow(*tensors)
+    return ops.onednn_swiglu(x, w1, b1, w2, b2, keep, bf16, cpu_threads())[0]
+
+
+def fused_rope(x: paddle.Tensor, rotations: paddle.Tensor, ops=None) -> Optional[paddle.Tensor]:
+    """x [batch, tokens, heads, head_dim] rotated by rotations [(batch,) tokens, head_dim, head_dim] (block-
+    diagonal with 2x2 blocks: layers.rope.rope_rotations) by the cpu_rope op, or None where it cannot run
+    these tensors (not float32 on CPU, or rotations that would need a gradient)."""
+    ops = ops or fused_ops()
+    if ops is None or not _float32_on_cpu(x, rotations) or not rotations.stop_gradient:
+        return None
+    return ops.cpu_rope(x, rotations, cpu_threads())
 
 
 def fused_attention(query: paddle.Tensor, key: paddle.Tensor, value: paddle.Tensor, attn_mask: Optional[paddle.Tensor],

@@ -6,7 +6,7 @@ from pathlib import Path
 MODULE_NAME = "paddlemix_fused_ops"
 SOURCE_DIRECTORY = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCES = ["fused_ln.cc", "fused_bias_gelu.cc", "onednn_linear.cc", "token_embedding.cc", "cpu_attention.cc",
-               "cpu_adamw.cc"]
+               "rope.cc", "cpu_adamw.cc"]
 CUDA_SOURCES = ["fused_ops_cuda.cu"]
 # Built where it runs, so the host's vector units are used (AVX-512 / AVX2 where present). On x86,
 # GCC's loops use 512-bit vectors where the CPU has them (measured: exact GELU's backward 25% faster).

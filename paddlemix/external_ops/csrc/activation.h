@@ -1,5 +1,5 @@
-// Exact (erf) GELU and QuickGELU, z * sigmoid(1.702 z), and their slopes, for the CPU kernels of
-// fused_bias_gelu.cc and onednn_linear.cc. float32 uses erf and exp approximations written as
+// Exact (erf) GELU and QuickGELU, z * sigmoid(1.702 z), and their slopes, and the sigmoid, for the CPU
+// kernels of fused_bias_gelu.cc and onednn_linear.cc. float32 uses erf and exp approximations written as
 // straight-line arithmetic so that GCC vectorises the loops (std::erf and std::exp would not be,
 // without -ffast-math; Exp's float-to-int conversion also needs -fno-trapping-math, see
 // build_flags.py): erf is Eigen's rational approximation (4e-7 absolute error), exp is Cephes' expf
@@ -55,6 +55,11 @@ inline float Exp(float x) {
 
 inline double Erf(double x) { return std::erf(x); }
 inline double Exp(double x) { return std::exp(x); }
+
+template <typename T>
+inline T Sigmoid(T z) {
+  return T(1) / (T(1) + Exp(-z));
+}
 
 template <typename T>
 inline T Activation(T z, bool quick) {

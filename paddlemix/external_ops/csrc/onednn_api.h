@@ -44,6 +44,8 @@ dnnl_status_t dnnl_primitive_attr_set_post_ops(dnnl_primitive_attr_t attr, const
 dnnl_status_t dnnl_post_ops_create(dnnl_post_ops_t* post_ops);
 dnnl_status_t dnnl_post_ops_destroy(dnnl_post_ops_t post_ops);
 dnnl_status_t dnnl_post_ops_append_eltwise(dnnl_post_ops_t post_ops, int alg_kind, float alpha, float beta);
+dnnl_status_t dnnl_post_ops_append_binary(dnnl_post_ops_t post_ops, int alg_kind, const struct dnnl_memory_desc* src1);
+dnnl_status_t dnnl_post_ops_append_sum(dnnl_post_ops_t post_ops, float scale, int32_t zero_point, int data_type);
 dnnl_status_t dnnl_matmul_primitive_desc_create(dnnl_primitive_desc_t* desc, dnnl_engine_t engine,
                                                 const struct dnnl_memory_desc* src,
                                                 const struct dnnl_memory_desc* weights,
@@ -67,7 +69,12 @@ constexpr int kFloat32 = 3;            // dnnl_f32
 constexpr unsigned kInOrder = 0x1;     // dnnl_stream_in_order
 constexpr int kGeluErf = 0x31;         // dnnl_eltwise_gelu_erf
 constexpr int kSwish = 0x2c;           // dnnl_eltwise_swish: x * sigmoid(alpha x)
+constexpr int kBinaryMul = 0x1fff1;    // dnnl_binary_mul
+constexpr int kDataTypeUndef = 0;      // dnnl_data_type_undef: a sum post-op reads dst in dst's type
 constexpr int kFpmathStrict = 0;       // dnnl_fpmath_mode_strict
 constexpr int kFpmathBf16 = 1;         // dnnl_fpmath_mode_bf16: f32 tensors, bf16 products, f32 sums
 constexpr int kArgSrc = 1, kArgDst = 17, kArgWeights = 33, kArgBias = 41;
+// DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1: the second operand of a binary post-op in slot 0
+// (v3's base is 32768; v1 and v2 had 16384)
+constexpr int kArgFirstPostOpSrc1 = 32768 | 2;
 }  // namespace onednn

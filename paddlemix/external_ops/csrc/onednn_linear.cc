@@ -13,6 +13,14 @@
 // pass over z): the activation [tokens, hidden] is the largest tensor of a training step's graph
 // (ViT-B-32 at batch 32: 20 MB per block, 480 MB over both towers).
 //
+// onednn_swiglu: h = silu(x W1 + b1) * (x W2 + b2), the gated half of a SwiGLU feed-forward block
+// (EVA-02; its sub-LN and w3 follow as their own ops). Without gradients both products stay in
+// oneDNN: the first GEMM applies silu as a post-op, the second multiplies by that result as a binary
+// post-op, so no pass of its own touches the [tokens, hidden] tensors (Paddle's silu and multiply
+// took 8 ms per EVA02-B-16 block at batch 8 on 2 cores). With gradients it keeps z1 = x W1 + b1 and
+// z2 = x W2 + b2, computes h in one pass, and its backward recomputes silu(z1) from z1; the two
+// products for dx go into one output, the second accumulated by a sum post-op.
+//
 // With `bf16`, the GEMMs may multiply in bfloat16 (oneDNN's fpmath mode bf16: float32 tensors, bf16
 // products, float32 sums) where the CPU has bf16 instructions; elsewhere they stay float32.
 // Primitives are created once per shape and kept. CPU, float32.
@@ -32,20 +40,22 @@
 
 namespace {
 
-enum ActivationKind { kNoActivation = 0, kGelu = 1, kQuickGelu = 2 };
+// What a GEMM does to its result c: 0-2 are onednn_linear's `activation` attribute. kSilu: c * sigmoid(c);
+// kMultiply: c times a second [m, n] tensor, elementwise; kAccumulate: c added to what the output holds.
+enum PostOp { kNoActivation = 0, kGelu = 1, kQuickGelu = 2, kSilu = 3, kMultiply = 4, kAccumulate = 5 };
 
 void Check(dnnl_status_t status, const char* call) {
   PD_CHECK(status == onednn::kSuccess, "onednn_linear: oneDNN's ", call, " failed with status ", status);
 }
 
-// One GEMM c [m, n] = a [m, k] b [k, n] (+ bias [n]) (then act), a and/or b read transposed.
+// One GEMM c [m, n] = a [m, k] b [k, n] (+ bias [n]) (then its PostOp), a and/or b read transposed.
 struct GemmShape {
   int64_t m, k, n;
   bool transpose_a, transpose_b, bias;
-  int post_activation, fpmath, threads;
+  int post_op, fpmath, threads;
   bool operator==(const GemmShape& o) const {
     return m == o.m && k == o.k && n == o.n && transpose_a == o.transpose_a && transpose_b == o.transpose_b &&
-           bias == o.bias && post_activation == o.post_activation && fpmath == o.fpmath && threads == o.threads;
+           bias == o.bias && post_op == o.post_op && fpmath == o.fpmath && threads == o.threads;
   }
 };
 
@@ -53,20 +63,20 @@ struct GemmShapeHash {
   size_t operator()(const GemmShape& s) const {
     size_t h = std::hash<int64_t>()(s.m);
     for (int64_t v : {s.k, s.n, int64_t(s.transpose_a), int64_t(s.transpose_b), int64_t(s.bias),
-                      int64_t(s.post_activation), int64_t(s.fpmath), int64_t(s.threads)})
+                      int64_t(s.post_op), int64_t(s.fpmath), int64_t(s.threads)})
       h = h * 1000003u ^ std::hash<int64_t>()(v);
     return h;
   }
 };
 
-// A matmul primitive and the memory descriptors its arguments are wrapped in.
+// A matmul primitive and the memory descriptors its arguments are wrapped in (`factor`: kMultiply's tensor).
 struct Gemm {
   dnnl_primitive_t primitive = nullptr;
-  dnnl_memory_desc_t src = nullptr, weights = nullptr, bias = nullptr, dst = nullptr;
+  dnnl_memory_desc_t src = nullptr, weights = nullptr, bias = nullptr, dst = nullptr, factor = nullptr;
 
   void Destroy() {
     dnnl_primitive_destroy(primitive);
-    for (dnnl_memory_desc_t desc : {src, weights, bias, dst})
+    for (dnnl_memory_desc_t desc : {src, weights, bias, dst, factor})
       if (desc != nullptr) dnnl_memory_desc_destroy(desc);
   }
 };
@@ -97,13 +107,15 @@ class GemmCache {
     return cache;
   }
 
-  void Run(const GemmShape& shape, const float* a, const float* b, const float* bias, float* c) {
+  // `factor`: the [m, n] tensor kMultiply multiplies by (nullptr for the other post-ops).
+  void Run(const GemmShape& shape, const float* a, const float* b, const float* bias, float* c,
+           const float* factor = nullptr) {
     std::lock_guard<std::mutex> lock(mutex_);  // held while the primitive runs: a full cache drops them all
     const Gemm& gemm = Find(shape);
     thread_local dnnl_stream_t stream = nullptr;
     if (stream == nullptr) Check(dnnl_stream_create(&stream, engine_, onednn::kInOrder), "stream_create");
-    dnnl_memory_t memories[4] = {nullptr, nullptr, nullptr, nullptr};
-    dnnl_exec_arg_t args[4];
+    dnnl_memory_t memories[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+    dnnl_exec_arg_t args[5];
     int count = 0;
     auto add = [&](int arg, dnnl_memory_desc_t desc, const float* data) {
       Check(dnnl_memory_create(&memories[count], desc, engine_, const_cast<float*>(data)), "memory_create");
@@ -114,6 +126,7 @@ class GemmCache {
     add(onednn::kArgWeights, gemm.weights, b);
     if (shape.bias) add(onednn::kArgBias, gemm.bias, bias);
     add(onednn::kArgDst, gemm.dst, c);
+    if (shape.post_op == kMultiply) add(onednn::kArgFirstPostOpSrc1, gemm.factor, factor);
     dnnl_status_t status;
     {
       ThreadsScope scope(shape.threads);
@@ -148,13 +161,19 @@ class GemmCache {
     dnnl_primitive_attr_t attr;
     Check(dnnl_primitive_attr_create(&attr), "primitive_attr_create");
     Check(dnnl_primitive_attr_set_fpmath_mode(attr, shape.fpmath), "set_fpmath_mode");
-    if (shape.post_activation != kNoActivation) {
+    if (shape.post_op != kNoActivation) {
       dnnl_post_ops_t post_ops;
       Check(dnnl_post_ops_create(&post_ops), "post_ops_create");
-      const bool quick = shape.post_activation == kQuickGelu;
-      Check(dnnl_post_ops_append_eltwise(post_ops, quick ? onednn::kSwish : onednn::kGeluErf,
-                                         quick ? 1.702f : 0.0f, 0.0f),
-            "post_ops_append_eltwise");
+      if (shape.post_op == kMultiply) {
+        gemm.factor = MatrixDesc(shape.m, shape.n, false);
+        Check(dnnl_post_ops_append_binary(post_ops, onednn::kBinaryMul, gemm.factor), "post_ops_append_binary");
+      } else if (shape.post_op == kAccumulate) {
+        Check(dnnl_post_ops_append_sum(post_ops, 1.0f, 0, onednn::kDataTypeUndef), "post_ops_append_sum");
+      } else {  // swish(alpha) = x * sigmoid(alpha x): QuickGELU with 1.702, silu with 1
+        const int kind = shape.post_op == kGelu ? onednn::kGeluErf : onednn::kSwish;
+        const float alpha = shape.post_op == kQuickGelu ? 1.702f : shape.post_op == kSilu ? 1.0f : 0.0f;
+        Check(dnnl_post_ops_append_eltwise(post_ops, kind, alpha, 0.0f), "post_ops_append_eltwise");
+      }
       Check(dnnl_primitive_attr_set_post_ops(attr, post_ops), "set_post_ops");
       dnnl_post_ops_destroy(post_ops);
     }
@@ -241,11 +260,11 @@ void CheckInputs(const paddle::Tensor& x, const paddle::Tensor& weight, const pa
 
 int Fpmath(bool bf16) { return bf16 ? onednn::kFpmathBf16 : onednn::kFpmathStrict; }
 
-// c [m, n] = a [m, k] w [k, n] + bias, then act with `post_activation`.
+// c [m, n] = a [m, k] w [k, n] + bias, then `post_op` (kMultiply: times `factor` [m, n]).
 void Gemm(const float* a, const float* w, const float* bias, float* c, int64_t m, int64_t k, int64_t n,
-          int post_activation, int fpmath, int threads) {
+          int post_op, int fpmath, int threads, const float* factor = nullptr) {
   threads = paddlemix_cpu::AllowedThreads(threads);
-  GemmCache::Get().Run({m, k, n, false, false, true, post_activation, fpmath, threads}, a, w, bias, c);
+  GemmCache::Get().Run({m, k, n, false, false, true, post_op, fpmath, threads}, a, w, bias, c, factor);
 }
 
 // The two GEMMs of a Linear's backward pass from dz [m, n]: dx [m, k] = dz w^T, dw [k, n] = x^T dz.
@@ -265,6 +284,61 @@ void CheckMlpInputs(const paddle::Tensor& x, const paddle::Tensor& w1, const pad
                b2.is_cpu(), "onednn_mlp: float32 CPU tensors only");
   PD_CHECK(b2.shape().size() == 1 && b2.shape()[0] == w2.shape()[1], "onednn_mlp: b2 must be [", w2.shape()[1], "]");
   PD_CHECK(x.numel() > 0 && w1.numel() > 0 && w2.numel() > 0, "onednn_mlp: empty tensors are not supported");
+}
+
+
+// h = silu(z1) * z2, row by row.
+void SwigluProduct(const float* z1, const float* z2, float* h, int64_t rows, int64_t cols, int threads) {
+#pragma omp parallel for num_threads(paddlemix_cpu::KernelThreads(threads, rows, cols)) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *z1r = z1 + r * cols, *z2r = z2 + r * cols;
+    float* hr = h + r * cols;
+    for (int64_t i = 0; i < cols; ++i) hr[i] = z1r[i] * paddlemix_cpu::Sigmoid(z1r[i]) * z2r[i];
+  }
+}
+
+// From dh: dz1 = dh z2 silu'(z1), dz2 = dh silu(z1), and db1, db2 (dz1, dz2 summed over rows), in one pass.
+// silu'(z) = s (1 + z (1 - s)) with s = sigmoid(z).
+void SwigluPreactivationGradients(const float* z1, const float* z2, const float* dh, float* dz1, float* dz2,
+                                  float* db1, float* db2, int64_t rows, int64_t cols, int threads) {
+  const int team = paddlemix_cpu::KernelThreads(threads, rows, cols);
+  std::vector<float> partial(static_cast<size_t>(team) * 2 * cols, 0.0f);  // per thread: db1's sums, db2's
+#pragma omp parallel num_threads(team)
+  {
+    float* mine1 = partial.data() + static_cast<size_t>(omp_get_thread_num()) * 2 * cols;
+    float* mine2 = mine1 + cols;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float *z1r = z1 + r * cols, *z2r = z2 + r * cols, *dhr = dh + r * cols;
+      float *dz1r = dz1 + r * cols, *dz2r = dz2 + r * cols;
+      for (int64_t i = 0; i < cols; ++i) {
+        const float s = paddlemix_cpu::Sigmoid(z1r[i]);
+        dz1r[i] = dhr[i] * z2r[i] * s * (1.0f + z1r[i] * (1.0f - s));
+        dz2r[i] = dhr[i] * z1r[i] * s;
+        mine1[i] += dz1r[i];
+        mine2[i] += dz2r[i];
+      }
+    }
+  }
+  std::memcpy(db1, partial.data(), cols * sizeof(float));
+  std::memcpy(db2, partial.data() + cols, cols * sizeof(float));
+  for (int t = 1; t < team; ++t) {
+    const float* sums = partial.data() + static_cast<size_t>(t) * 2 * cols;
+    for (int64_t i = 0; i < cols; ++i) {
+      db1[i] += sums[i];
+      db2[i] += sums[cols + i];
+    }
+  }
+}
+
+void CheckSwigluInputs(const paddle::Tensor& x, const paddle::Tensor& w1, const paddle::Tensor& b1,
+                       const paddle::Tensor& w2, const paddle::Tensor& b2) {
+  CheckInputs(x, w1, b1, kNoActivation);
+  PD_CHECK(w2.shape() == w1.shape() && b2.shape() == b1.shape(), "onednn_swiglu: w2 and b2 must have w1's and ",
+           "b1's shapes [", w1.shape()[0], ", ", w1.shape()[1], "] and [", w1.shape()[1], "]");
+  PD_CHECK(w2.dtype() == paddle::DataType::FLOAT32 && b2.dtype() == paddle::DataType::FLOAT32 && w2.is_cpu() &&
+               b2.is_cpu(), "onednn_swiglu: float32 CPU tensors only");
+  PD_CHECK(x.numel() > 0 && w1.numel() > 0, "onednn_swiglu: empty tensors are not supported");
 }
 
 }  // namespace
@@ -418,3 +492,92 @@ PD_BUILD_GRAD_OP(onednn_linear)
     .Outputs({paddle::Grad("X"), paddle::Grad("Weight"), paddle::Grad("Bias")})
     .Attrs({"activation: int", "keep_preactivation: bool", "bf16: bool", "threads: int"})
     .SetKernelFn(PD_KERNEL(LinearBackward));
+
+std::vector<paddle::Tensor> SwigluForward(const paddle::Tensor& x, const paddle::Tensor& w1,
+                                          const paddle::Tensor& b1, const paddle::Tensor& w2,
+                                          const paddle::Tensor& b2, bool keep_preactivation, bool bf16,
+                                          int threads) {
+  CheckSwigluInputs(x, w1, b1, w2, b2);
+  const int64_t k = w1.shape()[0], hidden = w1.shape()[1], m = x.numel() / k;
+  const int fpmath = Fpmath(bf16);
+  const auto shape = OutputShape(x.shape(), w1.shape());
+  auto h = paddle::empty(shape, x.dtype(), x.place());
+  const auto kept_shape = keep_preactivation ? shape : std::vector<int64_t>{0};
+  auto z1 = paddle::empty(kept_shape, x.dtype(), x.place());
+  auto z2 = paddle::empty(kept_shape, x.dtype(), x.place());
+  if (keep_preactivation) {
+    Gemm(x.data<float>(), w1.data<float>(), b1.data<float>(), z1.data<float>(), m, k, hidden, kNoActivation, fpmath,
+         threads);
+    Gemm(x.data<float>(), w2.data<float>(), b2.data<float>(), z2.data<float>(), m, k, hidden, kNoActivation, fpmath,
+         threads);
+    SwigluProduct(z1.data<float>(), z2.data<float>(), h.data<float>(), m, hidden, threads);
+  } else {
+    auto gate = paddle::empty({m, hidden}, x.dtype(), x.place());  // silu(x W1 + b1), freed on return
+    Gemm(x.data<float>(), w1.data<float>(), b1.data<float>(), gate.data<float>(), m, k, hidden, kSilu, fpmath,
+         threads);
+    Gemm(x.data<float>(), w2.data<float>(), b2.data<float>(), h.data<float>(), m, k, hidden, kMultiply, fpmath,
+         threads, gate.data<float>());
+  }
+  return {h, z1, z2};
+}
+
+std::vector<paddle::Tensor> SwigluBackward(const paddle::Tensor& x, const paddle::Tensor& w1,
+                                           const paddle::Tensor& b1, const paddle::Tensor& w2,
+                                           const paddle::Tensor& b2, const paddle::Tensor& z1,
+                                           const paddle::Tensor& z2, const paddle::Tensor& dh,
+                                           bool keep_preactivation, bool bf16, int threads) {
+  const int64_t k = w1.shape()[0], hidden = w1.shape()[1], m = x.numel() / k;
+  PD_CHECK(z1.numel() == m * hidden && z2.numel() == m * hidden, "onednn_swiglu: the backward pass needs the ",
+           "pre-activations, which the forward ran without (keep_preactivation=False)");
+  const int fpmath = Fpmath(bf16);
+  threads = paddlemix_cpu::AllowedThreads(threads);
+  auto dx = paddle::empty(x.shape(), x.dtype(), x.place());
+  auto dw1 = paddle::empty(w1.shape(), w1.dtype(), w1.place());
+  auto db1 = paddle::empty(b1.shape(), b1.dtype(), b1.place());
+  auto dw2 = paddle::empty(w2.shape(), w2.dtype(), w2.place());
+  auto db2 = paddle::empty(b2.shape(), b2.dtype(), b2.place());
+  auto dz1 = paddle::empty({m, hidden}, x.dtype(), x.place());
+  auto dz2 = paddle::empty({m, hidden}, x.dtype(), x.place());
+  SwigluPreactivationGradients(z1.data<float>(), z2.data<float>(), dh.data<float>(), dz1.data<float>(),
+                               dz2.data<float>(), db1.data<float>(), db2.data<float>(), m, hidden, threads);
+  GemmCache& gemms = GemmCache::Get();
+  // dx = dz1 W1^T + dz2 W2^T (the second added by a sum post-op); dW1 = x^T dz1, dW2 = x^T dz2
+  gemms.Run({m, hidden, k, false, true, false, kNoActivation, fpmath, threads}, dz1.data<float>(), w1.data<float>(),
+            nullptr, dx.data<float>());
+  gemms.Run({m, hidden, k, false, true, false, kAccumulate, fpmath, threads}, dz2.data<float>(), w2.data<float>(),
+            nullptr, dx.data<float>());
+  gemms.Run({k, m, hidden, true, false, false, kNoActivation, fpmath, threads}, x.data<float>(), dz1.data<float>(),
+            nullptr, dw1.data<float>());
+  gemms.Run({k, m, hidden, true, false, false, kNoActivation, fpmath, threads}, x.data<float>(), dz2.data<float>(),
+            nullptr, dw2.data<float>());
+  return {dx, dw1, db1, dw2, db2};
+}
+
+std::vector<std::vector<int64_t>> SwigluInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w1,
+                                                   const std::vector<int64_t>& b1, const std::vector<int64_t>& w2,
+                                                   const std::vector<int64_t>& b2, bool keep_preactivation,
+                                                   bool bf16, int threads) {
+  const auto h = OutputShape(x, w1);
+  const auto kept = keep_preactivation ? h : std::vector<int64_t>{0};
+  return {h, kept, kept};
+}
+
+std::vector<paddle::DataType> SwigluInferDtype(const paddle::DataType& x, const paddle::DataType& w1,
+                                               const paddle::DataType& b1, const paddle::DataType& w2,
+                                               const paddle::DataType& b2) {
+  return {x, x, x};
+}
+
+PD_BUILD_OP(onednn_swiglu)
+    .Inputs({"X", "W1", "B1", "W2", "B2"})
+    .Outputs({"H", "Z1", "Z2"})
+    .Attrs({"keep_preactivation: bool", "bf16: bool", "threads: int"})
+    .SetKernelFn(PD_KERNEL(SwigluForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(SwigluInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(SwigluInferDtype));
+
+PD_BUILD_GRAD_OP(onednn_swiglu)
+    .Inputs({"X", "W1", "B1", "W2", "B2", "Z1", "Z2", paddle::Grad("H")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("W1"), paddle::Grad("B1"), paddle::Grad("W2"), paddle::Grad("B2")})
+    .Attrs({"keep_preactivation: bool", "bf16: bool", "threads: int"})
+    .SetKernelFn(PD_KERNEL(SwigluBackward));

@@ -5,6 +5,9 @@ from typing import Tuple
 import numpy as np
 import paddle
 
+from ...external_ops import fused_rope
+from .kernels import custom_ops_allowed
+
 ROPE_THETA = 10000.0  # frequency base, as in EVA-CLIP and timm
 
 
@@ -34,8 +37,9 @@ def rope_rotations(sin_cos: np.ndarray) -> np.ndarray:
     """[1 + patches, head_dim, head_dim]: per token, the matrix M with x @ M = rope(x).
 
     rope(x) = x * cos + rot(x) * sin with rot(x0, x1, ...) = (-x1, x0, ...), so M = diag(cos) + R diag(sin).
-    Row 0 is the identity: the class token is not rotated. As one batched product per token, rope
-    costs one einsum instead of Paddle's slow strided and broadcast elementwise ops on CPU.
+    Row 0 is the identity: the class token is not rotated. M is block-diagonal with 2x2 blocks: the
+    cpu_rope op reads only those; Paddle's ops apply it as one batched product per token, one einsum
+    instead of Paddle's slow strided and broadcast elementwise ops on CPU.
     """
     sin, cos = np.split(sin_cos, 2, axis=-1)
     tokens, head_dim = sin.shape
@@ -50,7 +54,13 @@ def rope_rotations(sin_cos: np.ndarray) -> np.ndarray:
 
 
 def apply_rope(x: paddle.Tensor, rotations: paddle.Tensor) -> paddle.Tensor:
-    """Rotate x [batch, tokens, heads, head_dim] by rotations [(batch,) tokens, head_dim, head_dim]."""
+    """Rotate x [batch, tokens, heads, head_dim] by rotations [(batch,) tokens, head_dim, head_dim] (from
+    `rope_rotations`): by paddlemix's cpu_rope op where it can run them (float32 on CPU; one pass over x: about
+    1 ms per call where the einsum takes 5, EVA02-B-16 at batch 8 on 2 cores), else by an einsum."""
+    if custom_ops_allowed():
+        y = fused_rope(x, rotations)
+        if y is not None:
+            return y
     if rotations.ndim == 3:
         return paddle.einsum("bnhd,nde->bnhe", x, rotations)
     return paddle.einsum("bnhd,bnde->bnhe", x, rotations)
