@@ -28,7 +28,7 @@ from .checkpoints import (
     CHECKPOINT_PREFIX, COMPLETE_MARKER, RESULTS_LOG, TRAINER_STATE, check_same_batch, checkpoint_step,
     complete_checkpoints, remove_old_checkpoints,
 )
-from .optimization import build_optimizer, cosine_schedule, group_learning_rates
+from .optimization import build_optimizer, cosine_schedule, group_learning_rates, squared_norm
 
 WATCHED_OUTPUTS = ("image_features", "text_features", "logit_scale", "logits")  # checked for NaN/inf every step
 
@@ -253,8 +253,7 @@ class CLIPTrainer(Trainer):
     def _gradient_square_sum(self) -> paddle.Tensor:
         """Sum of the squared gradients (the squared global norm; inf when it passes float32's range)."""
         with paddle.no_grad():
-            squares = [paddle.sum(paddle.square(p.grad.astype("float32")))
-                       for p in self.model.parameters() if p.grad is not None]
+            squares = [squared_norm(p.grad) for p in self.model.parameters() if p.grad is not None]
             return paddle.add_n(squares) if squares else paddle.zeros([])
 
     def _skip_nonfinite(self, what: str, values: Sequence[paddle.Tensor]) -> bool:
