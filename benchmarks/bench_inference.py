@@ -36,6 +36,7 @@ import paddle
 
 from paddlemix import AutoConfig, AutoModel
 from paddlemix.inference import InferenceEncoders
+from paddlemix.utils.platform import cpu_supports_bf16
 from paddlemix.models.registry import open_clip_name
 from paddlemix.tools.export import export
 from paddlemix.utils.cpu_process import prepare_cpu_process
@@ -83,6 +84,9 @@ def bench_paddle(args) -> dict:
     with tempfile.TemporaryDirectory() as directory:
         export(model, directory)
         for precision in ("fp32", "bf16"):
+            if precision == "bf16" and not cpu_supports_bf16():
+                print("no paddle inference bf16 row: this CPU has no bfloat16 instructions (AVX512-BF16, AMX)")
+                continue
             encoders = InferenceEncoders(directory, precision, threads=args.threads)
             results[f"paddle inference {precision}"] = median_rate(
                 lambda: encoders.encode_image(images), args.batch, args.steps, args.warmup)

@@ -10,6 +10,7 @@ import pytest
 from paddlemix.external_ops import fused_ops
 from paddlemix.models.layers import attention as attention_module
 from paddlemix.models.layers.attention import causal_mask, scaled_dot_product_attention
+from op_calls import CallCounter
 
 # ((batch, queries, keys, heads, head_dim), mask): ViT-B-32, CLIP text, ViT-B-16, CoCa cross-attention to
 # 256 and 50 image tokens, and small odd shapes (one query, head_dim 3, 40 and 24, a random mask); masks
@@ -32,16 +33,7 @@ def ops():
 @pytest.fixture
 def op_runs(ops, monkeypatch):
     """Whether the op ran it, per call of scaled_dot_product_attention's fused_attention."""
-    runs = []
-    original = attention_module.fused_attention
-
-    def recorded(*args, **kwargs):
-        out = original(*args, **kwargs)
-        runs.append(out is not None)
-        return out
-
-    monkeypatch.setattr(attention_module, "fused_attention", recorded)
-    return runs
+    return CallCounter(monkeypatch, attention_module, "fused_attention").runs
 
 
 def einsum_attention(q, k, v, mask, scale):

@@ -10,6 +10,7 @@ from paddlemix.external_ops import cpu_threads, fused_ops
 from paddlemix.models.layers import rope as rope_module
 from paddlemix.models.layers.kernels import export_kernels, paddle_ops_only
 from paddlemix.models.layers.rope import apply_rope, rope_rotations, rope_sin_cos
+from op_calls import CallCounter
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +75,7 @@ def test_apply_rope_runs_the_op_on_unbind_views_and_the_einsum_where_the_op_may_
     """A query as the attention layer makes it (unbind of a packed qkv) goes to the op, with the einsum's
     gradient of the packed tensor; float64, rotations that need a gradient, paddle_ops_only (blocks under
     recompute) and export tracing take the einsum."""
-    calls = []
-    original = rope_module.fused_rope
-
-    def counted(*args, **kwargs):
-        out = original(*args, **kwargs)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(rope_module, "fused_rope", counted)
+    calls = CallCounter(monkeypatch, rope_module, "fused_rope").runs
     rotations = paddle.to_tensor(rotations_of(16, (3, 4)))
     packed = np.random.default_rng(0).standard_normal((2, 13, 3 * 4 * 16)).astype("float32")
     results = []

@@ -26,6 +26,7 @@ from paddlemix.models.layers import norm as norm_module
 from paddlemix.models.layers import rope as rope_module
 from paddlemix.models.layers.norm import layer_norm
 from paddlemix.models.loss_registry import build_loss, training_loss
+from op_calls import CallCounter
 
 SHAPES = [(1, 1), (7, 3), (5, 33), (3, 1, 17), (4, 197, 768), (2, 1025, 1408)]
 GELU_SHAPES = [(1, 1), (3, 5), (2, 7, 33), (4, 197, 3072)]
@@ -230,21 +231,6 @@ def test_bias_gelu_bad_input_is_a_clear_error(ops, bias_shape, dtype, bias_dtype
         ops.fused_bias_gelu(paddle.ones([2, 8], dtype), paddle.zeros(bias_shape, bias_dtype), False, 1)
 
 
-class CallCounter:
-    """Wraps an external_ops entry point where a layer module imported it; counts the calls that ran an op."""
-
-    def __init__(self, monkeypatch, module, name):
-        self.calls, self.ran, original = 0, 0, getattr(module, name)
-
-        def counted(*args, **kwargs):
-            self.calls += 1
-            result = original(*args, **kwargs)
-            self.ran += result is not None
-            return result
-
-        monkeypatch.setattr(module, name, counted)
-
-
 def loss_and_grads(model, image, ids):
     loss = training_loss(build_loss(model.config), model(image=image, input_ids=ids))
     loss.backward()
@@ -290,7 +276,8 @@ def test_models_use_the_fused_ops_by_default_and_compute_what_paddle_does(ops, m
     assert ropes.ran == ropes.calls == (2 if model.visual.rope is not None else 0)  # query and key of one block
     assert (len(swiglu_layers) > 0) == (ropes.ran > 0) == (name == "paddlemix/EVA/EVA02-CLIP-B-16")
     monkeypatch.setenv(external_ops.SWITCH, "0")
-    linears.ran = norms.ran = embeddings.ran = attentions.ran = swiglus.ran = ropes.ran = 0
+    for counter in (linears, norms, embeddings, attentions, swiglus, ropes):
+        counter.runs.clear()
     plain_loss, plain_grads = loss_and_grads(model, image, ids)
     assert linears.ran == norms.ran == embeddings.ran == attentions.ran == swiglus.ran == ropes.ran == 0
     assert abs(fused_loss - plain_loss) <= 1e-5 * max(1.0, abs(plain_loss))
