@@ -23,7 +23,7 @@ from paddle import _C_ops
 from paddle.nn.clip import ClipGradBase
 from paddle.optimizer.lr import LRScheduler
 
-from ..external_ops import fused_adamw
+from ..external_ops import fused_adamw, fused_ops
 from ..models.layers.parallel import tensor_parallel_layout
 
 TOWERS = ("visual", "text")
@@ -246,7 +246,8 @@ class AdamW(paddle.optimizer.AdamW):
         """(updates, (beta1, beta2, epsilon)), each update (parameter, gradient, lr multiplier, decay
         coefficient), or None where the op cannot do what Paddle's step would."""
         clip = self._grad_clip
-        if not paddle.in_dynamic_mode() or self._lr_ratio is not None or self._amsgrad or (
+        # ops off: decided before the clip's norm and the accumulators, which Paddle's step would redo
+        if fused_ops() is None or not paddle.in_dynamic_mode() or self._lr_ratio is not None or self._amsgrad or (
                 clip is not None and not isinstance(clip, GlobalNormClip)):
             return None
         if isinstance(self._parameter_list[0], dict):
