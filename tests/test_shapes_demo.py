@@ -16,11 +16,12 @@ def load_demo():
     return demo
 
 
-def test_shapes_demo_learns_above_chance_in_20_steps_and_writes_the_heat_map(tmp_path):
-    metrics = load_demo().main(["--output_dir", str(tmp_path), "--max_steps", "20"])
+def test_shapes_demo_learns_above_chance_in_60_steps_and_writes_the_heat_map(tmp_path):
+    metrics = load_demo().main(["--output_dir", str(tmp_path), "--max_steps", "60"])
     chance_top5 = 5 * metrics["chance_top1"]
     assert metrics["num_samples"] == 96
-    # 20 steps give top-1 8.3%, top-5 40.6% on AMD EPYC (chance 2.1%, 10.4%): half of that is the bar
+    # 60 steps give top-1 9.4%, top-5 46.9% on AMD EPYC (chance 2.1%, 10.4%; 40 steps are still at chance):
+    # less than half of that is the bar
     assert metrics["top1"] >= 2 * metrics["chance_top1"] and metrics["top5"] >= 2 * chance_top5
     with Image.open(metrics["heat_map"]) as heat_map:
         assert heat_map.format == "PNG" and min(heat_map.size) > 100
