@@ -27,12 +27,12 @@ from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 from PIL import Image
 
 from .inference import load_model
 from .models.coca import GenerationConfig, decode_captions
 from .models.hub import ppmix_home
+from .models.loss_registry import build_loss
 from .models.registry import describe_models
 from .data.samples import BadSample, load_image_file
 from .evaluation.plots import save_similarity_heat_map
@@ -96,14 +96,15 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     classifier = build_zero_shot_classifier(model, processor.tokenizer, args.labels, args.templates)  # [embed_dim, labels]
     k = min(args.top_k, len(args.labels))
     classified = skipped = 0
+    loss = build_loss(model.config)  # the probabilities are those the model was trained for: softmax or sigmoid
     with evaluation_mode(model):
-        scale = model.scale()
+        scalars = model.scalars()
         for batch_paths, images, batch_skipped in readable_batches(paths, args.batch_size):
             skipped += batch_skipped
             if not images:
                 continue
-            logits = scale * paddle.matmul(embed_images(model, processor, images), classifier)
-            for path, probs in zip(batch_paths, F.softmax(logits, axis=-1).numpy()):
+            probabilities = loss.probabilities(embed_images(model, processor, images), classifier.T, scalars)
+            for path, probs in zip(batch_paths, probabilities.numpy()):
                 top = np.argsort(-probs, kind="stable")[:k]  # ties: the earlier label first
                 print(f"{path}: " + ", ".join(f"{args.labels[i]} {probs[i]:.3f}" for i in top))
             classified += len(images)

@@ -14,7 +14,7 @@ import json
 import os
 import types
 from pathlib import Path
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 import paddle
@@ -131,9 +131,10 @@ class InferenceModel(paddle.nn.Layer):
     def context_length(self) -> int:
         return self.config.text_cfg.context_length
 
-    def scale(self) -> paddle.Tensor:
-        """exp(logit_scale) [1] of the exported model."""
-        return paddle.to_tensor([self.encoders.description["logit_scale"]], dtype="float32")
+    def scalars(self) -> Dict[str, paddle.Tensor]:
+        """exp(logit_scale) and, where the model had one, logit_bias, as the eager model's `scalars`."""
+        return {name: paddle.to_tensor([self.encoders.description[name]], dtype="float32")
+                for name in ("logit_scale", "logit_bias") if name in self.encoders.description}
 
     def text_fingerprint(self) -> str:
         """sha256 of the exported text encoder's weights (what a zero-shot classifier depends on)."""

@@ -84,7 +84,7 @@ def test_patch_dropout_keeps_each_samples_own_rotary_positions(monkeypatch):
     visual = model.visual
     kept, outputs = [], []
     real_drop_patches = towers.drop_patches
-    monkeypatch.setattr(towers, "drop_patches", lambda x, rate: kept.append(real_drop_patches(x, rate)) or kept[-1])
+    monkeypatch.setattr(towers, "drop_patches", lambda *args: kept.append(real_drop_patches(*args)) or kept[-1])
     hook = visual.transformer.register_forward_post_hook(lambda layer, inputs, output: outputs.append(output))
     image, ids = tiny_batch()
     loss = training_loss(build_loss(model.config), model(image=image, input_ids=ids))

@@ -44,8 +44,10 @@ PADDLEMIX_PUBLISHED = {
 }
 PUBLISHED_NAMES = sorted(f"paddlemix/{family}/{name}" for family, names in PADDLEMIX_PUBLISHED.items() for name in names)
 ARCHITECTURE_NAMES = ["paddlemix/CLIP/ViT-B-32", "paddlemix/CLIP/ViT-B-16", "paddlemix/CLIP/ViT-L-14",
-                      "paddlemix/CLIP/ViT-L-14-336"]
-MODEL_TYPES = {"CLIP": "clip", "EVA": "evaclip", "CoCa": "coca"}
+                      "paddlemix/CLIP/ViT-L-14-336", "paddlemix/SigLIP/ViT-B-16-SigLIP",
+                      "paddlemix/SigLIP/ViT-B-16-SigLIP-256", "paddlemix/SigLIP/ViT-L-16-SigLIP-256",
+                      "paddlemix/SigLIP/ViT-SO400M-14-SigLIP", "paddlemix/SigLIP/ViT-B-16-SigLIP2"]
+MODEL_TYPES = {"CLIP": "clip", "EVA": "evaclip", "CoCa": "coca", "SigLIP": "clip"}
 # PaddleMIX's examples/clip/README.md gives 986.71M for both DFN5B H-14 models: the 378 px figure.
 DFN5B_H14_224_PARAMETERS = 986_109_441
 DFN5B_H14_378_PARAMETERS = 986_714_881

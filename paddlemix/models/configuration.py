@@ -51,7 +51,9 @@ def _from_dict(cls, values: Dict[str, Any], where: str):
 class VisionConfig:
     """ViT image tower. `width // head_width` heads; `mlp_ratio * width` hidden units.
 
-    The defaults are OpenAI CLIP's ViT; EVA-CLIP's towers switch on the options below the line.
+    The defaults are OpenAI CLIP's ViT; EVA-CLIP's towers switch on the options below the line, and
+    SigLIP's (timm's ViT in open_clip) class_token false, pool_type 'map', proj_type 'none', no_ln_pre,
+    patch_bias and norm_eps 1e-6.
     """
 
     image_size: Union[int, Tuple[int, int]] = 224
@@ -62,9 +64,12 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     ls_init_value: Optional[float] = None  # layer scale initial value; None disables layer scale
     patch_dropout: float = 0.0  # fraction of patch tokens dropped in training
-    pool_type: str = "tok"  # 'tok' (class token) or 'avg' (mean of patch tokens)
+    # 'tok' (class token), 'avg' (mean of patch tokens) or 'map' (timm's AttentionPoolLatent head: SigLIP)
+    pool_type: str = "tok"
     no_ln_pre: bool = False
     final_ln_after_pool: bool = False
+    class_token: bool = True  # a learned class token before the patch tokens (SigLIP has none: timm class_token=False)
+    proj_type: str = "linear"  # 'linear' (width x embed_dim matrix) or 'none' (the pooled width is embed_dim)
     # ---- EVA-CLIP options (names as in the EVA-CLIP configs where they exist)
     patch_bias: bool = False  # bias in the patch-embedding convolution
     proj_bias: bool = False  # bias after the output projection (EVA's `head` Linear)
@@ -109,8 +114,14 @@ class TextConfig:
     embed_cls: bool = False
     pad_id: int = 0
     tokenizer: str = "clip"  # processors.factory.TOKENIZERS: CLIP's byte-level BPE
+    # ---- SigLIP options (open_clip's text_cfg no_causal_mask, norm_kwargs.eps, act_kwargs.approximate)
+    no_causal_mask: bool = False  # bidirectional attention; padding is not masked either, as in open_clip
+    norm_eps: float = 1e-5  # LayerNorm epsilon of every block and ln_final (SigLIP: 1e-6)
+    gelu_approximate: str = "none"  # 'tanh': the MLPs' GELU in tanh approximation (SigLIP 2)
 
     def __post_init__(self):
+        if self.gelu_approximate not in ("none", "tanh"):
+            raise ValueError(f"text_cfg.gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
         if self.kind != "clip":
             raise ValueError(f"text_cfg: kind {self.kind!r} is not this config's ('clip'); build it with CLIPConfig.from_dict")
 
@@ -162,6 +173,8 @@ class CLIPConfig:
     quick_gelu: bool = False  # OpenAI's original weights were trained with QuickGELU
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100)  # logit_scale is clamped here in forward
+    # SigLIP: the initial logit bias (-10 in the paper and open_clip); None: no logit_bias parameter
+    init_logit_bias: Optional[float] = None
     model_type: str = "clip"
     loss: str = "clip"  # the training loss, models.loss_registry.LOSSES
     name: Optional[str] = None  # registry name this config came from, if any

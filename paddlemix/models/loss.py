@@ -149,11 +149,20 @@ class ClipLoss(nn.Layer):
             total_loss = total_loss * weight
         return {"contrastive_loss": total_loss} if output_dict else total_loss
 
-    def contrastive_loss(self, image_features, text_features, logit_scale, image_keys=None,
+    @staticmethod
+    def probabilities(image_features: paddle.Tensor, text_features: paddle.Tensor,
+                      scalars: Dict[str, paddle.Tensor]) -> paddle.Tensor:
+        """[N, M] probability of each of M texts for each of N images (normalised features [N, D],
+        [M, D]) as this loss trains them: a softmax over the texts of the scaled similarities."""
+        return F.softmax(scalars["logit_scale"] * image_features @ text_features.T, axis=-1)
+
+    def contrastive_loss(self, image_features, text_features, scalars: Dict[str, paddle.Tensor], image_keys=None,
                          caption_keys=None) -> paddle.Tensor:
-        """The contrastive loss of normalised features (the trainer's gradient accumulation joins the
-        micro-batches' features, and their pair keys, and asks for this part alone)."""
-        return self(image_features, text_features, logit_scale, image_keys=image_keys, caption_keys=caption_keys)
+        """The contrastive loss of normalised features, with the model's scalar outputs (`scalars`:
+        logit_scale; a logit_bias there is left out, as open_clip's CLIP loss leaves it). The trainer's
+        gradient accumulation joins the micro-batches' features and pair keys and asks for this part alone."""
+        return self(image_features, text_features, scalars["logit_scale"], image_keys=image_keys,
+                    caption_keys=caption_keys)
 
     def loss_parts(self, outputs: Dict[str, paddle.Tensor], batch_input_ids: Optional[paddle.Tensor] = None,
                    image_keys: Optional[paddle.Tensor] = None,
@@ -162,7 +171,7 @@ class ClipLoss(nn.Layer):
         loss compares the features it is given, whatever batch `batch_input_ids` describes.) The pair
         keys are the batch's, row for row with the features (see forward)."""
         return {"contrastive_loss": self.contrastive_loss(outputs["image_features"], outputs["text_features"],
-                                                          outputs["logit_scale"], image_keys, caption_keys)}
+                                                          outputs, image_keys, caption_keys)}
 
 
 def _without(logits: paddle.Tensor, left_out: paddle.Tensor) -> paddle.Tensor:

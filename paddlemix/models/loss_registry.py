@@ -3,8 +3,9 @@ model's outputs (open_clip's `create_loss`, chosen by the model's config rather 
 
 A new loss is one module plus one entry: `builder(config, contrastive: ClipLoss, **options)` returning
 an object with `loss_parts(outputs, batch_input_ids=None) -> {name: loss}` (summing to the training
-loss) and `contrastive_loss(image_features, text_features, logit_scale)` (the part gradient
-accumulation recomputes over the joined micro-batches; None when it has no weight). `options` are
+loss) and `contrastive_loss(image_features, text_features, scalars)` (the part gradient
+accumulation recomputes over the joined micro-batches, `scalars` holding the model's logit_scale and,
+where it has one, logit_bias; None when it has no weight). `options` are
 the family's flags by name; one the family does not take is an error naming it.
 """
 
@@ -14,6 +15,7 @@ import paddle
 
 from .coca.loss import CoCaLoss
 from .loss import ClipLoss
+from .siglip_loss import DEFAULT_CHUNK, SigLipLoss
 
 
 def _check_options(config, options: Dict, accepted=()) -> None:
@@ -36,7 +38,34 @@ def _coca_loss(config, contrastive: ClipLoss, **options) -> CoCaLoss:
                     pad_id=config.text_cfg.pad_id, clip_loss=contrastive)
 
 
-LOSSES: Dict[str, Callable] = {"clip": _clip_loss, "coca": _coca_loss}
+def _siglip_loss(config, contrastive: ClipLoss, **options) -> SigLipLoss:
+    _check_options(config, options, ("siglip_exchange", "siglip_chunk"))
+    return SigLipLoss(exchange=options.get("siglip_exchange", "bidir"),
+                      chunk=options.get("siglip_chunk", DEFAULT_CHUNK))
+
+
+LOSSES: Dict[str, Callable] = {"clip": _clip_loss, "coca": _coca_loss, "siglip": _siglip_loss}
+# Losses of the two towers' features and the model's logit scale (and bias) alone: a model that trains
+# with one may train with another (`--loss`). The others need more of the model (CoCa's captions).
+FEATURE_LOSSES = ("clip", "siglip")
+SIGLIP_INIT_LOGIT_BIAS = -10.0  # the logit bias --loss siglip adds to a model without one (SigLIP's init)
+
+
+def switch_loss(model, loss: str) -> None:
+    """Make `model` train with `loss` (a FEATURE_LOSSES name) instead of its config's: the sigmoid loss
+    gets a logit_bias where the model has none (SIGLIP_INIT_LOGIT_BIAS); under the softmax loss a
+    logit_bias has no gradient, so it is frozen (a parameter without a gradient would stall
+    DataParallel's reduction)."""
+    config = model.config
+    for name, flag in ((config.loss, f"the model's loss {config.loss!r}"), (loss, f"--loss {loss}")):
+        if name not in FEATURE_LOSSES:
+            raise ValueError(f"{flag}: --loss switches only between the losses of the features alone "
+                             f"({', '.join(FEATURE_LOSSES)}); model {config.name or config.model_type} keeps its own")
+    config.loss = loss
+    if loss == "siglip" and model.logit_bias is None:
+        model.add_logit_bias(SIGLIP_INIT_LOGIT_BIAS)
+    if model.logit_bias is not None:
+        model.logit_bias.stop_gradient = loss != "siglip"
 
 
 def build_loss(config, local_loss: bool = False, gather_with_grad: bool = False,

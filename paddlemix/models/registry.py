@@ -3,7 +3,8 @@
 The names are PaddleMIX's published zoo (its examples/{clip,evaclip,coca}/README.md), plus architecture
 names under which nothing is published, to convert other projects' checkpoints into: four open_clip
 CLIP architectures, open_clip's three CLIPs with a pretrained-language-model text tower (RoBERTa,
-XLM-RoBERTa), and transformers' CLIP-RoBERTa dual encoder. Each config holds the architecture (as its
+XLM-RoBERTa), transformers' CLIP-RoBERTa dual encoder, and five of open_clip's SigLIP / SigLIP 2
+architectures (timm ViT image towers with an attention-pool head, bidirectional text towers). Each config holds the architecture (as its
 producer's config of the same model) and `preprocess_cfg` (as open_clip's pretrained.py gives for
 those weights); the download URL follows from the name (`hub.weights_url`).
 """
@@ -26,6 +27,11 @@ ARCHITECTURE_ONLY_NAMES = frozenset({
     "paddlemix/CLIP/xlm-roberta-base-ViT-B-32",
     "paddlemix/CLIP/xlm-roberta-large-ViT-H-14",
     "paddlemix/CLIP/clip-roberta",
+    "paddlemix/SigLIP/ViT-B-16-SigLIP",
+    "paddlemix/SigLIP/ViT-B-16-SigLIP-256",
+    "paddlemix/SigLIP/ViT-L-16-SigLIP-256",
+    "paddlemix/SigLIP/ViT-SO400M-14-SigLIP",
+    "paddlemix/SigLIP/ViT-B-16-SigLIP2",
 })
 # Architecture names whose producer is transformers, not open_clip: the model its folders hold (the
 # contrastive-image-text example's `save_clip_roberta.py` step); `convert --source hf` reads them.

@@ -3,7 +3,7 @@
     python -m paddlemix.tools.convert --source open_clip --model paddlemix/CLIP/ViT-B-32 \\
         --checkpoint open_clip_model.safetensors --output ./ViT-B-32
 
-Sources: `open_clip` (CLIP, and EVA-CLIP with its timm trunk `visual.trunk.*`), `eva_clip` (the
+Sources: `open_clip` (CLIP, and EVA-CLIP and SigLIP with their timm trunks `visual.trunk.*`), `eva_clip` (the
 EVA-CLIP repository's checkpoints: `visual.blocks.N.attn.q_proj`, `mlp.w1/w2/w3`, `ffn_ln`, ...) and
 `paddlemix` (PaddleMIX's CLIP / EVA-CLIP / CoCa `model_state.pdparams`).
 `--model` is a registry name or a model config JSON (paddlemix's, PaddleMIX's `config.json`, or
@@ -107,12 +107,14 @@ def read_model_config(model: str) -> CLIPConfig:
     return AutoConfig.from_pretrained(model)
 
 
-def fit_positional_embedding(state: Dict[str, np.ndarray], expected_shape: tuple, checkpoint: Path) -> None:
-    """Resample the image tower's absolute position embedding to the model's grid (224 -> 336 pixels)."""
+def fit_positional_embedding(state: Dict[str, np.ndarray], expected_shape: tuple, checkpoint: Path,
+                             prefix_tokens: int = 1) -> None:
+    """Resample the image tower's absolute position embedding to the model's grid (224 -> 336 pixels);
+    prefix_tokens: 1 with a class token, 0 without (SigLIP)."""
     given = state.get(POSITIONAL_EMBEDDING)
     if given is None or tuple(given.shape) == tuple(expected_shape) or given.shape[-1] != expected_shape[-1]:
         return  # absent or already right; a width mismatch is reported by the shape check
-    state[POSITIONAL_EMBEDDING] = resample_positional_embedding(given, expected_shape[0])
+    state[POSITIONAL_EMBEDDING] = resample_positional_embedding(given, expected_shape[0], prefix_tokens)
     logger.warning(
         "%s: %s has %d tokens, the model %d: resampled (bicubic) to the model's patch grid",
         checkpoint, POSITIONAL_EMBEDDING, given.shape[0], expected_shape[0],
@@ -135,7 +137,7 @@ def convert(source: str, model: Optional[str], checkpoint: Path, output: Path) -
         skeleton = AutoModel.from_config(config)
     expected = {key: tuple(int(d) for d in value.shape) for key, value in skeleton.state_dict().items()}
     if POSITIONAL_EMBEDDING in expected:
-        fit_positional_embedding(state, expected[POSITIONAL_EMBEDDING], checkpoint)
+        fit_positional_embedding(state, expected[POSITIONAL_EMBEDDING], checkpoint, int(config.vision_cfg.class_token))
     check_state_dict(expected, state, source=f"{checkpoint} (after {source} key mapping)")
     net = AutoModel.from_config(config)
     for key, param in net.state_dict().items():

@@ -92,7 +92,8 @@ def export(model, output: Union[str, Path], precision: str = "fp32") -> Path:
                            "output": {"dtype": "float32", "shape": [None, embed_dim]}},
         },
         "model_config": model.config.to_dict(),
-        "logit_scale": float(model.scale()),  # exp(logit_scale): the temperature of zero-shot probabilities
+        # the temperature (and bias) of zero-shot probabilities, as the model's `scalars`
+        **{name: float(value) for name, value in model.scalars().items()},
     }
     path = output / EXPORT_FILE
     path.write_text(json.dumps(description, indent=2) + "\n")

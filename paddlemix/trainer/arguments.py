@@ -38,6 +38,18 @@ class ModelArguments:
     lock_text_freeze_layer_norm: bool = field(
         default=True, metadata={"help": "--lock_text: freeze the LayerNorms of locked layers too"}
     )
+    loss: Optional[str] = field(
+        default=None,
+        metadata={"help": "train with this loss instead of the one the model's config names: clip (softmax) or siglip "
+                          "(sigmoid; adds a logit_bias, init -10, to a model without one). A SigLIP model trained with "
+                          "clip keeps its logit_bias frozen"},
+    )
+    siglip_exchange: Optional[str] = field(
+        default=None, metadata={"help": "siglip: how texts reach every rank: bidir (default), shift or gather"}
+    )
+    siglip_chunk: Optional[int] = field(
+        default=None, metadata={"help": "siglip: texts per chunk of logits (default 1024): memory ~ local batch x this"}
+    )
     coca_caption_loss_weight: Optional[float] = field(
         default=None, metadata={"help": "CoCa: weight of the captioning loss (default 2.0; CoCa models only)"}
     )

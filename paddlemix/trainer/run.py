@@ -16,7 +16,7 @@ from ..data.datasets import build_dataset, validation_set
 from ..models.hub import WEIGHTS_NAME
 from ..models.registry import resolve_model_name
 from ..models.state_dict import load_state_dict_strict
-from ..models.loss_registry import build_loss
+from ..models.loss_registry import build_loss, switch_loss
 from ..processors import get_tokenizer
 from ..processors.image_transforms import image_transform_for
 from ..utils.log import logger, warn_once
@@ -38,6 +38,8 @@ def build_model(model_args: ModelArguments, args: CLIPTrainingArguments):
         donor = AutoModel.from_pretrained(resolve_model_name(model_args.pretrained_text_model)).text
         load_state_dict_strict(model.text, donor.state_dict(),
                                source=f"--pretrained_text_model {model_args.pretrained_text_model} (text tower)")
+    if model_args.loss:
+        switch_loss(model, model_args.loss)
     if model_args.lock_image:
         model.visual.lock(model_args.lock_image_unlocked_groups)
     if model_args.lock_text:
@@ -48,7 +50,8 @@ def build_model(model_args: ModelArguments, args: CLIPTrainingArguments):
 
 def loss_of(model, model_args: ModelArguments, args: CLIPTrainingArguments):
     """The loss the model's config names, with the loss flags that were given."""
-    options = {name: getattr(model_args, name) for name in ("coca_caption_loss_weight", "coca_contrastive_loss_weight")
+    options = {name: getattr(model_args, name) for name in ("coca_caption_loss_weight", "coca_contrastive_loss_weight",
+                                                            "siglip_exchange", "siglip_chunk")
                if getattr(model_args, name) is not None}
     return build_loss(model.config, args.local_loss, args.gather_with_grad, options)
 

@@ -30,7 +30,9 @@ from .checkpoints import (
 )
 from .optimization import build_optimizer, cosine_schedule, group_learning_rates, squared_norm
 
-WATCHED_OUTPUTS = ("image_features", "text_features", "logit_scale", "logits")  # checked for NaN/inf every step
+# checked for NaN/inf every step
+WATCHED_OUTPUTS = ("image_features", "text_features", "logit_scale", "logit_bias", "logits")
+SCALAR_OUTPUTS = ("logit_scale", "logit_bias")  # the model's learned scalars, which the contrastive losses take
 
 
 def json_record(logs: Dict) -> str:
@@ -224,23 +226,25 @@ class CLIPTrainer(Trainer):
                 out = model(image=batch["image"], input_ids=batch["input_ids"])
                 parts = self.loss_fn.loss_parts(out, batch_input_ids, **pair_keys_of(batch))
                 token_losses.extend(value for name, value in parts.items() if name != "contrastive_loss")
-                cached.append({key: out[key] for key in ("image_features", "text_features", "logit_scale")})
+                cached.append({key: out[key] for key in ("image_features", "text_features", *SCALAR_OUTPUTS)
+                               if key in out})
             watched_outputs = [value for c in cached for value in watched(c)]
-            contrastive = self.loss_fn.contrastive_loss(*self._joined(cached, None, None), cached[0]["logit_scale"],
-                                                        **joined_keys)
+            contrastive = self.loss_fn.contrastive_loss(*self._joined(cached, None, None), cached[0], **joined_keys)
             loss = paddle.add_n([part for part in (contrastive, *token_losses) if part is not None])
         if self._skip_nonfinite("loss or features", [loss, *watched_outputs]):
             return None
         last = len(batches) - 1
         for index, batch in enumerate(batches):
-            with self.autocast_smart_context_manager():
-                fresh = model(image=batch["image"], input_ids=batch["input_ids"])
-                scale = fresh["logit_scale"] if index == last else fresh["logit_scale"].detach()
-                image_features, text_features = self._joined(cached, index, fresh)
-                joined = dict(fresh, image_features=image_features, text_features=text_features, logit_scale=scale)
-                micro_loss = training_loss(self.loss_fn, joined, batch_input_ids, **joined_keys)
+            # DataParallel reduces the gradients once, after the last pass. no_sync must hold over the
+            # forward pass too: DataParallel's forward readies its reducer for the backward that follows.
             sync = model.no_sync() if index < last and hasattr(model, "no_sync") else contextlib.nullcontext()
-            with sync:  # DataParallel reduces the gradients once, after the last pass
+            with sync, self.autocast_smart_context_manager():
+                fresh = model(image=batch["image"], input_ids=batch["input_ids"])
+                scalars = {key: fresh[key] if index == last else fresh[key].detach()
+                           for key in SCALAR_OUTPUTS if key in fresh}
+                image_features, text_features = self._joined(cached, index, fresh)
+                joined = dict(fresh, image_features=image_features, text_features=text_features, **scalars)
+                micro_loss = training_loss(self.loss_fn, joined, batch_input_ids, **joined_keys)
                 self._backward(micro_loss)
         return loss.detach()
 
@@ -413,8 +417,10 @@ class CLIPTrainer(Trainer):
                 handle.write(json_record(dict(logs, step=self.state.global_step)) + "\n")
 
     def _training_figures(self, logs: Dict[str, float]) -> Dict[str, float]:
-        """logit scale, lr of each parameter group, skipped samples by reason, samples/s per device."""
+        """logit scale (and bias), lr of each parameter group, skipped samples by reason, samples/s per device."""
         figures = {"logit_scale": round(float(self.model.scale()), 4)}
+        if self.model.logit_bias is not None:
+            figures["logit_bias"] = round(float(self.model.logit_bias), 4)
         figures.update(group_learning_rates(self.optimizer, self.lr_scheduler.get_lr()))
         for reason, count in sorted(self.train_loader.report.epoch_bad.items()):
             figures[f"skipped/{reason}"] = count

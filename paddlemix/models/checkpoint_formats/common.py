@@ -30,24 +30,29 @@ def strip_wrappers(state: State) -> State:
     return out
 
 
-def _transpose_linear_weights(state: State, logit_scale_shape: List[int]) -> State:
+# The model's learned scalars: 0-d in open_clip (and torch checkpoints generally), [1] in paddlemix.
+SCALARS = ("logit_scale", "logit_bias")
+
+
+def _transpose_linear_weights(state: State, scalar_shape: List[int]) -> State:
     out = {}
     for key, value in state.items():
         if key.endswith(".weight") and value.ndim == 2 and not NOT_LINEAR.fullmatch(key):
             value = value.T
-        if key == "logit_scale" and value.size == 1:
-            value = value.reshape(logit_scale_shape)
+        if key in SCALARS and value.size == 1:
+            value = value.reshape(scalar_shape)
         out[key] = np.array(value, order="C")  # (ascontiguousarray would make 0-d 1-d)
     return out
 
 
 def torch_to_paddle_layout(state: State) -> State:
-    """Transpose torch Linear weights ([out, in]) to Paddle's [in, out]; logit_scale (0-d in open_clip) to [1]."""
+    """Transpose torch Linear weights ([out, in]) to Paddle's [in, out]; logit_scale and logit_bias (0-d in
+    open_clip) to [1]."""
     return _transpose_linear_weights(state, [1])
 
 
 def paddle_to_torch_layout(state: State) -> State:
-    """The inverse of torch_to_paddle_layout: Linear weights back to [out, in], logit_scale to 0-d."""
+    """The inverse of torch_to_paddle_layout: Linear weights back to [out, in], logit_scale and logit_bias to 0-d."""
     return _transpose_linear_weights(state, [])
 
 

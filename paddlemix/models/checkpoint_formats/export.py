@@ -7,14 +7,16 @@ the import mappings read backwards (`to_hf` in hf.py, `to_open_clip` in open_cli
     hf         config.json + model.safetensors      CLIP                (transformers.CLIPModel.from_pretrained)
                                                     CLIP, PaddleNLP     (VisionTextDualEncoderModel.from_pretrained)
                                                     text tower
-    open_clip  open_clip_config.json (model_cfg,    CLIP, EVA, CoCa,    (open_clip.create_model + load_checkpoint)
-               preprocess_cfg) + open_clip_model.   CLIP with a PaddleNLP text tower (an HFTextEncoder)
+    open_clip  open_clip_config.json (model_cfg,    CLIP, EVA, SigLIP,  (open_clip.create_model + load_checkpoint)
+               preprocess_cfg) + open_clip_model.   CoCa, CLIP with a PaddleNLP text tower (an HFTextEncoder)
                safetensors
 
-open_clip builds EVA image towers as timm `Eva` trunks, by timm model name only: an EVA tower equal to
-one of timm's EVA-CLIP trunks gets that name; any other gets a new name and its exact `Eva` keyword
-arguments under `timm_model_kwargs` in open_clip_config.json, to register with timm before
-`open_clip.create_model` (tests/fixtures/check_exports.py shows how). A PaddleNLP text tower becomes
+open_clip builds EVA image towers as timm `Eva` trunks, and SigLIP's (pool_type 'map') as timm
+`VisionTransformer` trunks, by timm model name only: a tower equal to one of timm's EVA-CLIP / SigLIP
+trunks gets that name; any other gets a new name and its exact keyword arguments under
+`timm_model_kwargs` in open_clip_config.json (with `timm_model_builder`, 'eva' or
+'vision_transformer'), to register with timm before `open_clip.create_model`
+(tests/fixtures/check_exports.py shows how). A PaddleNLP text tower becomes
 open_clip's HFTextEncoder, which reads its encoder's config.json from `text_cfg.hf_model_name`: the
 export writes that config.json beside open_clip_config.json, and names the encoder by its hub name
 where the config knows it (`_name_or_path`), else by the export folder itself ('.', which open_clip
@@ -48,7 +50,12 @@ OPEN_CLIP_VISION_KEYS = ("image_size", "patch_size", "width", "layers", "head_wi
                          "patch_dropout", "pool_type", "no_ln_pre", "final_ln_after_pool", "attentional_pool",
                          "attn_pooler_queries", "attn_pooler_heads")
 OPEN_CLIP_TEXT_KEYS = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value",
-                       "pool_type", "proj_bias", "embed_cls", "pad_id")
+                       "pool_type", "proj_bias", "embed_cls", "pad_id", "no_causal_mask")
+# paddlemix's text_cfg.tokenizer -> open_clip's text_cfg tokenizer keys (open_clip's SigLIP model configs)
+OPEN_CLIP_TOKENIZERS = {
+    "siglip": {"hf_tokenizer_name": "timm/ViT-B-16-SigLIP", "tokenizer_kwargs": {"clean": "canonicalize"}},
+    "siglip2": {"hf_tokenizer_name": "timm/ViT-B-16-SigLIP2", "tokenizer_kwargs": {"clean": "canonicalize"}},
+}
 OPEN_CLIP_DECODER_KEYS = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value")
 # paddlemix's pooler_type -> open_clip's hf_pooler_type (open_clip/hf_model.py; cls_pooler reads the pooler output)
 OPEN_CLIP_HF_POOLERS = {"mean": "mean_pooler", "pooler_output": "cls_pooler", "cls": "cls_last_hidden_state_pooler"}
@@ -96,6 +103,8 @@ def _timm_eva_kwargs(vision: VisionConfig, problems: List[str]) -> Dict[str, Any
         problems.append("vision_cfg.attn_bias='qkv': timm's Eva has no key bias (attn_bias 'qv' or 'none')")
     if not math.isclose(vision.norm_eps, TIMM_EVA_NORM_EPS):
         problems.append(f"vision_cfg.norm_eps={vision.norm_eps}: timm's Eva LayerNorms use {TIMM_EVA_NORM_EPS}")
+    if vision.pool_type == "map":
+        problems.append("vision_cfg.pool_type='map' in an EVA tower: timm's Eva attention-pool head is not mapped")
     if vision.pool_type == "avg" and not vision.final_ln_after_pool:
         problems.append("vision_cfg.pool_type='avg' with final_ln_after_pool=false: timm normalises after mean pooling")
     if vision.naiveswiglu and not vision.subln:
@@ -115,13 +124,67 @@ def _timm_eva_kwargs(vision: VisionConfig, problems: List[str]) -> Dict[str, Any
     )
 
 
-def _timm_trunk_name(kwargs: Dict[str, Any]) -> Union[str, None]:
-    wanted = {**TIMM_EVA_DEFAULTS, **kwargs}
-    for name, trunk in TIMM_EVA_CLIP_TRUNKS.items():
-        known = {**TIMM_EVA_DEFAULTS, **trunk}
+# The options of a SigLIP image tower, mapped to timm VisionTransformer keyword arguments by _timm_vit_kwargs.
+TIMM_VIT_VISION_KEYS = ("image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio", "pool_type",
+                        "class_token", "proj_type", "no_ln_pre", "patch_bias", "norm_eps")
+TIMM_VIT_NORM_EPS = 1e-6  # timm's ViT LayerNorm default
+# timm 1.0.29's SigLIP ViT trunks (timm/models/vision_transformer.py vit_*_siglip_*), as
+# _create_vision_transformer receives them, img_size from their pretrained cfg's input size
+_SIGLIP = dict(class_token=False, global_pool="map", mlp_ratio=4.0)
+TIMM_SIGLIP_TRUNKS = {
+    "vit_base_patch16_siglip_224": dict(_SIGLIP, img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "vit_base_patch16_siglip_256": dict(_SIGLIP, img_size=256, patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "vit_large_patch16_siglip_256": dict(_SIGLIP, img_size=256, patch_size=16, embed_dim=1024, depth=24,
+                                         num_heads=16),
+    "vit_so400m_patch14_siglip_224": dict(_SIGLIP, img_size=224, patch_size=14, embed_dim=1152, depth=27,
+                                          num_heads=16, mlp_ratio=3.7362),
+}
+
+
+def _timm_vit_kwargs(config: CLIPConfig, problems: List[str]) -> Dict[str, Any]:
+    """timm VisionTransformer keyword arguments of a SigLIP image tower; what open_clip's timm trunk
+    cannot take goes to `problems`."""
+    vision = config.vision_cfg
+    problems += inexpressible_settings("vision_cfg", vision, TIMM_VIT_VISION_KEYS)
+    if vision.proj_type != "none":
+        problems.append("vision_cfg.proj_type='linear' with pool_type 'map': open_clip's timm_proj Linear is not "
+                        "mapped")
+    if not (vision.patch_bias and vision.no_ln_pre):
+        problems.append("vision_cfg.patch_bias=false or no_ln_pre=false: timm's SigLIP ViTs have a patch-embedding "
+                        "bias and no pre-norm (pre_norm=True swaps both, which is not mapped)")
+    if not math.isclose(vision.norm_eps, TIMM_VIT_NORM_EPS):
+        problems.append(f"vision_cfg.norm_eps={vision.norm_eps}: timm's ViT LayerNorms use {TIMM_VIT_NORM_EPS}")
+    if config.quick_gelu:
+        problems.append("quick_gelu=true: open_clip's timm trunks always use exact GELU")
+    image_size = vision.image_size if isinstance(vision.image_size, int) else tuple(vision.image_size)
+    return dict(img_size=image_size, patch_size=vision.patch_size, embed_dim=vision.width, depth=vision.layers,
+                num_heads=vision.heads, mlp_ratio=vision.mlp_ratio, class_token=vision.class_token, global_pool="map")
+
+
+def _timm_trunk_name(kwargs: Dict[str, Any], trunks: Dict[str, Dict[str, Any]],
+                     defaults: Dict[str, Any]) -> Union[str, None]:
+    """The name of the timm trunk in `trunks` whose keyword arguments (over `defaults`) are `kwargs`."""
+    wanted = {**defaults, **kwargs}
+    for name, trunk in trunks.items():
+        known = {**defaults, **trunk}
         if all(known[k] == v if not isinstance(v, float) else math.isclose(known[k], v) for k, v in wanted.items()):
             return name
     return None
+
+
+def _open_clip_text_options(text, problems: List[str]) -> Dict[str, Any]:
+    """open_clip's text_cfg keys for the settings paddlemix names otherwise (LayerNorm eps, GELU
+    approximation, tokenizer); what open_clip cannot hold goes to `problems`."""
+    options: Dict[str, Any] = {}
+    if not math.isclose(text.norm_eps, OPEN_CLIP_NORM_EPS):
+        options["norm_kwargs"] = {"eps": text.norm_eps}
+    if text.gelu_approximate != "none":
+        options["act_kwargs"] = {"approximate": text.gelu_approximate}
+    if text.tokenizer in OPEN_CLIP_TOKENIZERS:
+        options.update(OPEN_CLIP_TOKENIZERS[text.tokenizer])
+    elif text.tokenizer != "clip":
+        problems.append(f"text_cfg.tokenizer={text.tokenizer!r}: no open_clip tokenizer name is known for it")
+    return options
 
 
 def _preprocess_cfg(preprocess: PreprocessConfig, image_size) -> Dict[str, Any]:
@@ -147,28 +210,38 @@ def _hf_text_cfg(text, problems: List[str]) -> Dict[str, Any]:
 
 
 def open_clip_files(config: CLIPConfig, state: State) -> Files:
-    """open_clip's hub layout of a paddlemix CLIP / EVA-CLIP / CoCa (state in Paddle layout)."""
+    """open_clip's hub layout of a paddlemix CLIP / EVA-CLIP / SigLIP / CoCa (state in Paddle layout)."""
     vision, text = config.vision_cfg, config.text_cfg
     is_eva, is_coca, is_hf_text = config.model_type == "evaclip", config.model_type == "coca", text.kind == "paddlenlp"
     problems: List[str] = []
     if is_hf_text:
         text_cfg = _hf_text_cfg(text, problems)
     else:
-        problems += inexpressible_settings("text_cfg", text, OPEN_CLIP_TEXT_KEYS)
+        # norm_eps, gelu_approximate and tokenizer go under open_clip's own keys (_open_clip_text_options)
+        problems += inexpressible_settings("text_cfg", text, OPEN_CLIP_TEXT_KEYS + ("norm_eps", "gelu_approximate",
+                                                                                    "tokenizer"))
         text_cfg = {key: getattr(text, key) for key in OPEN_CLIP_TEXT_KEYS}
+        text_cfg.update(_open_clip_text_options(text, problems))
     extra: Dict[str, Any] = {}
-    if is_eva:
-        kwargs = _timm_eva_kwargs(vision, problems)
-        name = _timm_trunk_name(kwargs)
+    is_siglip = vision.pool_type == "map"
+    if is_eva or is_siglip:
+        if is_eva:
+            kwargs, builder = _timm_eva_kwargs(vision, problems), "eva"
+            name = _timm_trunk_name(kwargs, TIMM_EVA_CLIP_TRUNKS, TIMM_EVA_DEFAULTS)
+            pool, proj = "token" if vision.pool_type == "tok" else "avg", None
+        else:
+            kwargs, builder = _timm_vit_kwargs(config, problems), "vision_transformer"
+            name, pool, proj = _timm_trunk_name(kwargs, TIMM_SIGLIP_TRUNKS, {}), "map", "none"
         if name is None:
             # a timm model name: letters, digits and '_' ('.' would start a pretrained tag)
-            name = "paddlemix_eva_" + re.sub(r"[^0-9a-z]+", "_", (config.name or "custom").lower())
-            extra["timm_model_kwargs"] = kwargs
-            logger.warning("no timm EVA-CLIP trunk has this tower's options: %s names it %r, with its timm Eva "
-                           "kwargs under timm_model_kwargs; register that name with timm before open_clip.create_model",
-                           OPEN_CLIP_CONFIG, name)
+            name = f"paddlemix_{'eva' if is_eva else 'siglip'}_" + re.sub(r"[^0-9a-z]+", "_",
+                                                                           (config.name or "custom").lower())
+            extra.update(timm_model_kwargs=kwargs, timm_model_builder=builder)
+            logger.warning("no timm trunk has this tower's options: %s names it %r, with its timm %s kwargs under "
+                           "timm_model_kwargs; register that name with timm before open_clip.create_model",
+                           OPEN_CLIP_CONFIG, name, builder)
         vision_cfg = {"image_size": vision.image_size, "timm_model_name": name, "timm_model_pretrained": False,
-                      "timm_pool": "token" if vision.pool_type == "tok" else "avg", "timm_proj": None}
+                      "timm_pool": pool, "timm_proj": proj}
         if vision.drop_path_rate:
             vision_cfg["timm_drop_path"] = vision.drop_path_rate
     else:
@@ -180,14 +253,20 @@ def open_clip_files(config: CLIPConfig, state: State) -> Files:
     model_cfg: Dict[str, Any] = {"embed_dim": config.embed_dim, "quick_gelu": config.quick_gelu,
                                  "init_logit_scale": config.init_logit_scale,
                                  "vision_cfg": vision_cfg, "text_cfg": text_cfg}
+    if config.init_logit_bias is not None:
+        model_cfg["init_logit_bias"] = config.init_logit_bias
     if is_coca:
         vision_cfg["output_tokens"] = text_cfg["output_tokens"] = True
         model_cfg["multimodal_cfg"] = {key: getattr(config.multimodal_cfg, key) for key in OPEN_CLIP_DECODER_KEYS}
-    custom_text = is_eva or is_coca or is_hf_text
+    custom_text = is_eva or is_siglip or is_coca or is_hf_text
     if custom_text:
         model_cfg["custom_text"] = True
     torch_state = text_tower_to_transformers(paddle_to_torch_layout(state), text)
-    eva_trunk = (not vision.rope, "norm" if vision.pool_type == "tok" else "fc_norm") if is_eva else None
+    eva_trunk = None
+    if is_eva:
+        eva_trunk = (not vision.rope, "norm" if vision.pool_type == "tok" else "fc_norm")
+    elif is_siglip:  # fused q/k/v; the final norm before the attention-pool head
+        eva_trunk = (True, "norm")
     hub_config = {"model_cfg": model_cfg, "preprocess_cfg": _preprocess_cfg(config.preprocess_cfg, vision.image_size),
                   **extra}
     files = {OPEN_CLIP_CONFIG: hub_config,

@@ -1,4 +1,9 @@
-"""open_clip checkpoints: CLIP / CustomTextCLIP / CoCa, with an OpenAI ViT or a timm EVA trunk."""
+"""open_clip checkpoints: CLIP / CustomTextCLIP / CoCa, with an OpenAI ViT or a timm EVA or SigLIP ViT trunk.
+
+timm's SigLIP VisionTransformer names its modules as timm's Eva does (patch_embed, pos_embed, blocks.N
+with norm1 / attn.qkv / attn.proj / norm2 / mlp.fc1 / mlp.fc2, norm), so both trunks go through the
+EVA mapping; its attention-pool head (`attn_pool.*`) has its own rules here.
+"""
 
 import re
 from typing import List, Optional, Tuple
@@ -23,6 +28,16 @@ TIMM_UNFUSED_BIAS_RENAMES: List[Tuple[str, str]] = [
     (r"\.attn\.q_proj\.bias$", ".attn.q_bias"),
     (r"\.attn\.v_proj\.bias$", ".attn.v_bias"),
 ]
+# timm's AttentionPoolLatent (SigLIP's 'map' head, after the trunk renames) -> paddlemix's, whose q / kv /
+# proj Linears are a CrossAttention's. Applied after eva_visual_to_paddlemix, which would take a
+# `.attn.q_proj.weight` for an EVA02 block's.
+TIMM_ATTN_POOL_RENAMES: List[Tuple[str, str]] = [
+    (r"^visual\.attn_pool\.q\.", "visual.attn_pool.attn.q_proj."),
+    (r"^visual\.attn_pool\.kv\.", "visual.attn_pool.attn.kv_proj."),
+    (r"^visual\.attn_pool\.proj\.", "visual.attn_pool.attn.out_proj."),
+]
+
+
 def _is_swiglu_block(state: State, key: str) -> bool:
     block = re.match(r"(.*\.blocks\.\d+)\.", key)
     return block is not None and f"{block.group(1)}.mlp.fc1_g.weight" in state
@@ -55,7 +70,7 @@ def _split_cross_attention(state: State) -> State:
 
 
 def rename_open_clip(state: State) -> State:
-    """open_clip CLIP / CustomTextCLIP / CoCa, with an OpenAI ViT or a timm EVA trunk."""
+    """open_clip CLIP / CustomTextCLIP / CoCa, with an OpenAI ViT or a timm EVA or SigLIP ViT trunk."""
     state = _split_cross_attention(strip_wrappers(state))
     out = {}
     for key, value in state.items():
@@ -67,7 +82,9 @@ def rename_open_clip(state: State) -> State:
                 new_key = new_key.replace(".mlp.fc2.", ".mlp.w3.")
             new_key = rename(new_key, TIMM_TO_EVA_RENAMES + TIMM_UNFUSED_BIAS_RENAMES)
         out[new_key] = value
-    return eva_visual_to_paddlemix(out) if "visual.pos_embed" in out else out
+    if "visual.pos_embed" not in out:
+        return out
+    return {rename(key, TIMM_ATTN_POOL_RENAMES): value for key, value in eva_visual_to_paddlemix(out).items()}
 
 
 def _pack_cross_attention(state: State) -> State:
@@ -93,16 +110,18 @@ def _pack_cross_attention(state: State) -> State:
 PADDLEMIX_TO_OPEN_CLIP = invert_rules(OPEN_CLIP_RENAMES)
 EVA_TO_TIMM = invert_rules(TIMM_TO_EVA_RENAMES)
 UNFUSED_BIAS_TO_TIMM = invert_rules(TIMM_UNFUSED_BIAS_RENAMES)
+ATTN_POOL_TO_TIMM = invert_rules(TIMM_ATTN_POOL_RENAMES)
 
 
 def to_open_clip(state: State, text_at_top: bool, eva_trunk: Optional[Tuple[bool, str]] = None) -> State:
     """paddlemix state dict (torch layout) -> open_clip's; the inverse of rename_open_clip.
 
     text_at_top: open_clip's CLIP (not CustomTextCLIP / CoCa) keeps the text modules at the top level.
-    eva_trunk: for a timm Eva image tower, (fused q/k/v?, timm's final norm: 'norm' or 'fc_norm').
+    eva_trunk: for a timm Eva or SigLIP ViT image tower, (fused q/k/v?, timm's final norm: 'norm' or 'fc_norm').
     """
     if eva_trunk is not None:
         fused, pool_norm = eva_trunk
+        state = {rename(key, ATTN_POOL_TO_TIMM): value for key, value in state.items()}
         state = paddlemix_visual_to_eva(state, fused, pool_norm)
     out = {}
     for key, value in _pack_cross_attention(state).items():

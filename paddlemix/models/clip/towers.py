@@ -10,7 +10,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..configuration import TextConfig, VisionConfig
-from ..layers import AttentionalPooler, BlockOptions, Transformer, causal_mask, rope_rotations, rope_sin_cos
+from ..layers import (AttentionalPooler, AttentionPoolLatent, BlockOptions, Transformer, causal_mask, rope_rotations,
+                      rope_sin_cos)
 from ..layers.norm import layer_norm
 from ..layers.parameter_roles import lock_groups, vectors_and
 from ..layers.parallel import vocab_embedding
@@ -22,31 +23,35 @@ def _pair(value) -> Tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-def resample_positional_embedding(embedding: np.ndarray, tokens: int) -> np.ndarray:
-    """[1 + g*g, width] class + square-grid position embedding -> [tokens, width], bicubic.
+def resample_positional_embedding(embedding: np.ndarray, tokens: int, prefix_tokens: int = 1) -> np.ndarray:
+    """[prefix_tokens + g*g, width] class (if any) + square-grid position embedding -> [tokens, width], bicubic.
 
     As EVA-CLIP's `resize_evaclip_pos_embed` (bicubic, align_corners=False, no antialiasing), so a
-    checkpoint trained at 224 pixels loads into a 336-pixel model.
+    checkpoint trained at 224 pixels loads into a 336-pixel model. prefix_tokens: 1 with a class
+    token, 0 without (SigLIP).
     """
-    old_side, new_side = math.isqrt(embedding.shape[0] - 1), math.isqrt(tokens - 1)
-    if old_side**2 + 1 != embedding.shape[0] or new_side**2 + 1 != tokens:
+    old_side, new_side = math.isqrt(embedding.shape[0] - prefix_tokens), math.isqrt(tokens - prefix_tokens)
+    if old_side**2 + prefix_tokens != embedding.shape[0] or new_side**2 + prefix_tokens != tokens:
         raise ValueError(f"cannot resample a position embedding of {embedding.shape[0]} tokens to {tokens}: "
-                         "both must be a class token plus a square grid")
-    grid = paddle.to_tensor(embedding[1:].reshape(1, old_side, old_side, -1)).transpose([0, 3, 1, 2])
+                         f"both must be {prefix_tokens} class token(s) plus a square grid")
+    grid = paddle.to_tensor(embedding[prefix_tokens:].reshape(1, old_side, old_side, -1)).transpose([0, 3, 1, 2])
     grid = F.interpolate(grid, size=[new_side, new_side], mode="bicubic", align_corners=False)
     grid = grid.transpose([0, 2, 3, 1]).reshape([new_side * new_side, -1]).numpy()
-    return np.concatenate([embedding[:1], grid], axis=0)
+    return np.concatenate([embedding[:prefix_tokens], grid], axis=0)
 
 
-def drop_patches(tokens: paddle.Tensor, drop_fraction: float) -> Tuple[paddle.Tensor, paddle.Tensor]:
-    """Keep a random subset of patch tokens per sample (FLIP, arXiv:2212.00794); the class token stays.
+def drop_patches(tokens: paddle.Tensor, drop_fraction: float,
+                 prefix_tokens: int = 1) -> Tuple[paddle.Tensor, paddle.Tensor]:
+    """Keep a random subset of patch tokens per sample (FLIP, arXiv:2212.00794); the class token, if any, stays.
 
-    tokens: [batch, 1 + patches, width] -> ([batch, 1 + kept, width], kept token indices [batch, 1 + kept]).
+    tokens: [batch, prefix_tokens + patches, width] -> ([batch, prefix_tokens + kept, width], kept token
+    indices [batch, prefix_tokens + kept]); prefix_tokens: 1 with a class token, 0 without.
     """
-    batch, count = tokens.shape[0], tokens.shape[1] - 1
+    batch, count = tokens.shape[0], tokens.shape[1] - prefix_tokens
     keep = max(1, int(count * (1.0 - drop_fraction)))
     kept_patches = paddle.argsort(paddle.rand([batch, count]), axis=-1)[:, :keep]
-    kept_tokens = paddle.concat([paddle.zeros([batch, 1], dtype=kept_patches.dtype), kept_patches + 1], axis=1)
+    kept_tokens = paddle.concat([paddle.zeros([batch, prefix_tokens], dtype=kept_patches.dtype),
+                                 kept_patches + prefix_tokens], axis=1)
     return paddle.take_along_axis(tokens, kept_tokens.unsqueeze(-1), axis=1, broadcast=True), kept_tokens
 
 
@@ -54,7 +59,7 @@ def vision_block_options(cfg: VisionConfig, quick_gelu: bool, tensor_parallel_de
     return BlockOptions(
         mlp_ratio=cfg.mlp_ratio,
         ls_init_value=cfg.ls_init_value,
-        quick_gelu=quick_gelu,
+        activation="quick_gelu" if quick_gelu else "gelu",
         attn_bias=cfg.attn_bias,
         subln=cfg.subln,
         swiglu=cfg.naiveswiglu,
@@ -88,32 +93,53 @@ class BlockStackTower(nn.Layer):
         return int(block.group(1)) + 1 if block else self.num_layers + 1
 
 
+def _check_vision_options(cfg: VisionConfig, output_dim: int) -> None:
+    if cfg.pool_type not in ("tok", "avg", "map"):
+        raise ValueError(f"vision_cfg.pool_type must be 'tok', 'avg' or 'map', got {cfg.pool_type!r}")
+    if cfg.proj_type not in ("linear", "none"):
+        raise ValueError(f"vision_cfg.proj_type must be 'linear' or 'none', got {cfg.proj_type!r}")
+    if cfg.pool_type == "tok" and not cfg.class_token:
+        raise ValueError("vision_cfg: pool_type 'tok' pools the class token, and class_token is false; "
+                         "use pool_type 'avg' or 'map', or set class_token")
+    if cfg.pool_type == "map" and (cfg.attentional_pool or cfg.final_ln_after_pool):
+        raise ValueError("vision_cfg: pool_type 'map' (ln_post, then timm's attention-pool head) takes neither "
+                         "attentional_pool nor final_ln_after_pool; unset them")
+    pooled_width = output_dim if cfg.attentional_pool else cfg.width
+    if cfg.proj_type == "none" and (pooled_width != output_dim or cfg.proj_bias):
+        raise ValueError(f"vision_cfg.proj_type 'none': the pooled width {pooled_width} is the image embedding, so it "
+                         f"must equal embed_dim {output_dim}, and proj_bias has no projection to follow")
+
+
 class VisionTransformer(BlockStackTower):
-    """Patchify + class token + positional embedding, [ln_pre], blocks, ln_post, projection.
+    """Patchify + [class token] + positional embedding, [ln_pre], blocks, ln_post, pooling, [projection].
 
     OpenAI CLIP's ViT by default; EVA-01/EVA-02's towers through the VisionConfig options (rope,
-    SwiGLU, sub-LN, q/v biases, post-norm, patch bias, projection bias).
+    SwiGLU, sub-LN, q/v biases, post-norm, patch bias, projection bias); SigLIP's timm ViT with
+    class_token false, pool_type 'map' and proj_type 'none'.
     """
 
     STEM_PREFIXES = ("conv1.", "class_embedding", "positional_embedding", "ln_pre.")
 
     def __init__(self, cfg: VisionConfig, output_dim: int, quick_gelu: bool = False, tensor_parallel_degree: int = 1):
         super().__init__()
-        if cfg.pool_type not in ("tok", "avg"):
-            raise ValueError(f"vision_cfg.pool_type must be 'tok' or 'avg', got {cfg.pool_type!r}")
+        _check_vision_options(cfg, output_dim)
         self.image_size = _pair(cfg.image_size)
         patch = _pair(cfg.patch_size)
         self.grid_size = (self.image_size[0] // patch[0], self.image_size[1] // patch[1])
         self.pool_type = cfg.pool_type
         self.final_ln_after_pool = cfg.final_ln_after_pool
         self.patch_dropout = cfg.patch_dropout
+        self.prefix_tokens = int(cfg.class_token)
         width = cfg.width
         scale = width**-0.5
 
         self.conv1 = nn.Conv2D(3, width, kernel_size=patch, stride=patch, bias_attr=None if cfg.patch_bias else False)
-        self.class_embedding = self.create_parameter([width], default_initializer=Normal(std=scale))
+        if cfg.class_token:
+            self.class_embedding = self.create_parameter([width], default_initializer=Normal(std=scale))
+        else:
+            self.class_embedding = None
         self.positional_embedding = self.create_parameter(
-            [self.grid_size[0] * self.grid_size[1] + 1, width], default_initializer=Normal(std=scale)
+            [self.grid_size[0] * self.grid_size[1] + self.prefix_tokens, width], default_initializer=Normal(std=scale)
         )
         if cfg.rope:
             sin_cos = rope_sin_cos(cfg.head_width, self.grid_size, cfg.pt_hw_seq_len, cfg.intp_freq)
@@ -131,10 +157,15 @@ class VisionTransformer(BlockStackTower):
         if cfg.attentional_pool:  # CoCa: the queries, not the tokens, are layer-normed, pooled and projected
             self.attn_pool = AttentionalPooler(output_dim, width, cfg.attn_pooler_heads, cfg.attn_pooler_queries)
             pool_width = output_dim
+        elif cfg.pool_type == "map":  # SigLIP: the layer-normed tokens are pooled by timm's attention-pool head
+            self.attn_pool = AttentionPoolLatent(width, cfg.heads, cfg.mlp_ratio, cfg.norm_eps)
         else:
             self.attn_pool = None
         self.ln_post = layer_norm(pool_width, cfg.norm_eps)
-        self.proj = self.create_parameter([pool_width, output_dim], default_initializer=Normal(std=scale))
+        if cfg.proj_type == "linear":
+            self.proj = self.create_parameter([pool_width, output_dim], default_initializer=Normal(std=scale))
+        else:
+            self.proj = None
         if cfg.proj_bias:
             self.proj_bias = self.create_parameter([output_dim], default_initializer=nn.initializer.Constant(0.0))
         else:
@@ -145,13 +176,14 @@ class VisionTransformer(BlockStackTower):
 
     def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
         """open_clip's VisionTransformer.lock: everything frozen but the last `unlocked_layers` of the
-        groups [stem], block 0, ..., [last block, attentional pooler, ln_post], [projection]. (Its
-        freeze_bn_stats has no BatchNorm to act on here.)"""
+        groups [stem], block 0, ..., [last block, attention pooler, ln_post], [projection] (no
+        projection group with proj_type 'none'). (Its freeze_bn_stats has no BatchNorm to act on here.)"""
         blocks = list(self.transformer.resblocks)
-        stem = [self.conv1, self.class_embedding, self.positional_embedding, self.ln_pre]
+        stem = [self.conv1, *([self.class_embedding] if self.class_embedding is not None else []),
+                self.positional_embedding, self.ln_pre]
         head = [blocks[-1], *([self.attn_pool] if self.attn_pool is not None else []), self.ln_post]
-        projection = [self.proj, *([self.proj_bias] if self.proj_bias is not None else [])]
-        lock_groups([stem, *blocks[:-1], head, projection], unlocked_layers)
+        projection = [p for p in (self.proj, self.proj_bias) if p is not None]
+        lock_groups([stem, *blocks[:-1], head, *([projection] if projection else [])], unlocked_layers)
 
     def forward(self, image: paddle.Tensor) -> paddle.Tensor:
         """image: [batch, 3, H, W] normalised float -> pooled features [batch, output_dim]."""
@@ -159,33 +191,48 @@ class VisionTransformer(BlockStackTower):
 
     def forward_with_tokens(self, image: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
         """image -> (pooled features [batch, output_dim], the other output tokens after ln_post):
-        with attentional pooling, the captioning queries [batch, queries - 1, output_dim]."""
+        with attentional pooling, the captioning queries [batch, queries - 1, output_dim]; otherwise
+        the patch tokens [batch, patches, width]."""
         x = self.conv1(image).flatten(2).transpose([0, 2, 1])  # [batch, grid*grid, width]
-        cls = self.class_embedding.astype(x.dtype).expand([x.shape[0], 1, x.shape[-1]])
-        x = paddle.concat([cls, x], axis=1) + self.positional_embedding.astype(x.dtype)
+        if self.class_embedding is not None:
+            cls = self.class_embedding.astype(x.dtype).expand([x.shape[0], 1, x.shape[-1]])
+            x = paddle.concat([cls, x], axis=1)
+        x = x + self.positional_embedding.astype(x.dtype)
         rope = self.rope
         if self.training and self.patch_dropout > 0:
-            x, kept_tokens = drop_patches(x, self.patch_dropout)
+            x, kept_tokens = drop_patches(x, self.patch_dropout, self.prefix_tokens)
             if rope is not None:  # each sample keeps the rotations of its own kept tokens
                 rope = paddle.gather(rope, kept_tokens.flatten()).reshape([*kept_tokens.shape, *rope.shape[1:]])
         x = self.transformer(self.ln_pre(x), rope=rope)
-        if self.attn_pool is not None:
-            x = self.attn_pool(x)
-        if self.final_ln_after_pool:
-            pooled, tokens = self._pool(x)
-            pooled = self.ln_post(pooled)
+        prefix = self.prefix_tokens
+        if self.pool_type == "map":  # timm: the final norm, then the head, on the patch tokens only
+            tokens = self.ln_post(x)[:, prefix:]
+            pooled = self.attn_pool(tokens)
         else:
-            pooled, tokens = self._pool(self.ln_post(x))
-        pooled = pooled @ self.proj
+            if self.attn_pool is not None:  # CoCa: the queries are pooled; query 0 is the contrastive embedding
+                x, prefix = self.attn_pool(x), 1
+            if self.final_ln_after_pool:
+                pooled, tokens = self._pool(x, prefix)
+                pooled = self.ln_post(pooled)
+            else:
+                pooled, tokens = self._pool(self.ln_post(x), prefix)
+        if self.proj is not None:
+            pooled = pooled @ self.proj
         return (pooled if self.proj_bias is None else pooled + self.proj_bias), tokens
 
-    def _pool(self, x: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
-        tokens = x[:, 1:]
+    def _pool(self, x: paddle.Tensor, prefix: int) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """x [batch, prefix + tokens, width] -> (the first token, or the mean of the tokens after the
+        prefix with pool_type 'avg'; the tokens after the prefix)."""
+        tokens = x[:, prefix:]
         return (tokens.mean(axis=1) if self.pool_type == "avg" else x[:, 0]), tokens
 
 
 class TextTransformer(BlockStackTower):
     """Token + positional embedding, causal pre-LN blocks, ln_final, EOT pooling, projection.
+
+    SigLIP's is the same tower bidirectional (`no_causal_mask`: no mask at all, padding included, as
+    open_clip's without use_pad_mask), pooling the last position, with a projection bias, LayerNorm
+    epsilon 1e-6 and, in SigLIP 2, tanh-approximated GELU.
 
     With `embed_cls` (CoCa) a learned CLS token follows the text and its output is the embedding;
     keys are then masked where the token before them is padding, exactly as open_clip's CoCa
@@ -213,11 +260,16 @@ class TextTransformer(BlockStackTower):
         self.positional_embedding = self.create_parameter(
             [cfg.context_length + int(cfg.embed_cls), width], default_initializer=Normal(std=0.01)
         )
+        if quick_gelu and cfg.gelu_approximate != "none":
+            raise ValueError("text_cfg.gelu_approximate applies to GELU, and this model's quick_gelu is set; unset one")
+        activation = "quick_gelu" if quick_gelu else {"none": "gelu", "tanh": "gelu_tanh"}[cfg.gelu_approximate]
+        self.no_causal_mask = cfg.no_causal_mask
         options = BlockOptions(
-            cfg.mlp_ratio, cfg.ls_init_value, quick_gelu, xattn=cfg.xattn, tensor_parallel_degree=tensor_parallel_degree,
+            cfg.mlp_ratio, cfg.ls_init_value, activation, norm_eps=cfg.norm_eps, xattn=cfg.xattn,
+            tensor_parallel_degree=tensor_parallel_degree,
         )
         self.transformer = Transformer(width, cfg.layers, cfg.heads, options)
-        self.ln_final = layer_norm(width, 1e-5)
+        self.ln_final = layer_norm(width, cfg.norm_eps)
         if cfg.proj_bias:
             self.text_projection = nn.Linear(width, output_dim)
         else:
@@ -279,12 +331,15 @@ class TextTransformer(BlockStackTower):
         self._check_length(length)
         x = self.token_embedding(input_ids)
         if self.cls_emb is None:
-            x = self.transformer(x + self.positional_embedding[:length], attn_mask=causal_mask(length, x.dtype))
+            mask = None if self.no_causal_mask else causal_mask(length, x.dtype)
+            x = self.transformer(x + self.positional_embedding[:length], attn_mask=mask)
             x = self.ln_final(x)
             return self._project(self._pool(x, input_ids)), x
         cls = self.cls_emb.astype(x.dtype).expand([x.shape[0], 1, x.shape[-1]])
         x = paddle.concat([x, cls], axis=1) + self.positional_embedding[: length + 1]
-        mask = causal_mask(length + 1, x.dtype) + self.key_padding_mask(input_ids, x.dtype)
+        mask = self.key_padding_mask(input_ids, x.dtype)
+        if not self.no_causal_mask:
+            mask = causal_mask(length + 1, x.dtype) + mask
         x = self.transformer(x, attn_mask=mask)
         return self._project(self.ln_final(x[:, -1])), x[:, :-1]
 

@@ -20,7 +20,7 @@ class MultimodalDecoder(nn.Layer):
         self.context_length = cfg.context_length
         self.width = cfg.width
         self.recompute = False
-        options = BlockOptions(cfg.mlp_ratio, cfg.ls_init_value, quick_gelu)
+        options = BlockOptions(cfg.mlp_ratio, cfg.ls_init_value, "quick_gelu" if quick_gelu else "gelu")
         self.resblocks = nn.LayerList([ResidualAttentionBlock(cfg.width, cfg.heads, options) for _ in range(cfg.layers)])
         self.cross_attn = nn.LayerList([CrossAttentionBlock(cfg.width, cfg.heads, options) for _ in range(cfg.layers)])
         self.ln_final = layer_norm(cfg.width, 1e-5)

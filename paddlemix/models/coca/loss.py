@@ -51,11 +51,17 @@ class CoCaLoss(nn.Layer):
         parts["caption_loss"] = self.caption_weight * token_losses / max(caption_tokens, 1)
         return parts
 
-    def contrastive_loss(self, image_features, text_features, logit_scale, **pair_keys) -> Optional[paddle.Tensor]:
-        """The weighted contrastive part alone; None where its weight is 0."""
+    def probabilities(self, image_features, text_features, scalars: Dict[str, paddle.Tensor]) -> paddle.Tensor:
+        """The contrastive loss's probabilities of texts for images (ClipLoss.probabilities)."""
+        return self.clip_loss.probabilities(image_features, text_features, scalars)
+
+    def contrastive_loss(self, image_features, text_features, scalars: Dict[str, paddle.Tensor],
+                         **pair_keys) -> Optional[paddle.Tensor]:
+        """The weighted contrastive part alone (`scalars`: the model's logit_scale); None where its weight is 0."""
         if not self.contrastive_weight:
             return None
-        return self.contrastive_weight * self.clip_loss(image_features, text_features, logit_scale, **pair_keys)
+        return self.contrastive_weight * self.clip_loss.contrastive_loss(image_features, text_features, scalars,
+                                                                         **pair_keys)
 
     def loss_parts(self, outputs: Dict[str, paddle.Tensor], batch_input_ids: Optional[paddle.Tensor] = None,
                    **pair_keys: paddle.Tensor) -> Dict[str, paddle.Tensor]:

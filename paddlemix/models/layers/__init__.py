@@ -1,7 +1,7 @@
 """Reusable building blocks: attention, MLP, the transformer block and its stack."""
 
 from .attention import Attention, CrossAttention, KVCache, causal_mask, scaled_dot_product_attention
-from .pooling import AttentionalPooler
+from .pooling import AttentionalPooler, AttentionPoolLatent
 from .mlp import Mlp, SwiGLU
 from .rope import apply_rope, rope_rotations, rope_sin_cos
 from .transformer import BlockOptions, CrossAttentionBlock, LayerScale, ResidualAttentionBlock, Transformer, run_block
@@ -9,6 +9,7 @@ from .transformer import BlockOptions, CrossAttentionBlock, LayerScale, Residual
 __all__ = [
     "Attention",
     "AttentionalPooler",
+    "AttentionPoolLatent",
     "BlockOptions",
     "CrossAttention",
     "CrossAttentionBlock",

@@ -1,7 +1,8 @@
 """The Linear every block uses, with its activation as an epilogue: one place for the fast paths.
 
-`linear(x, weight, bias, activation)` computes act(x @ weight + bias) (act: None, "gelu" or
-"quick_gelu") by, in order of preference:
+`linear(x, weight, bias, activation)` computes act(x @ weight + bias) (act: None, "gelu", "quick_gelu"
+or "gelu_tanh") by, in order of preference (an activation the ops have no epilogue for, "gelu_tanh",
+follows the Linear as its own op):
 - paddlemix's onednn_linear op (float32 on CPU; external_ops): the GEMMs in oneDNN's matmul
   primitive with the bias and the activation fused, forward and backward;
 - on a GPU, Paddle's matmul and the fused_bias_gelu op for bias + activation;
@@ -26,17 +27,26 @@ def quick_gelu(x: paddle.Tensor) -> paddle.Tensor:
     return x * F.sigmoid(1.702 * x)
 
 
+def gelu_tanh(x: paddle.Tensor) -> paddle.Tensor:
+    """GELU in its tanh approximation (torch's GELU(approximate='tanh')): SigLIP 2's text tower."""
+    return F.gelu(x, approximate=True)
+
+
+# activation name -> function; the names of ACTIVATIONS also run as the fused ops' epilogues
+ACTIVATION_FUNCTIONS = {None: lambda x: x, "gelu": F.gelu, "quick_gelu": quick_gelu, "gelu_tanh": gelu_tanh}
+
+
 def activate(x: paddle.Tensor, activation: Optional[str]) -> paddle.Tensor:
-    if activation is None:
-        return x
-    return quick_gelu(x) if activation == "quick_gelu" else F.gelu(x)
+    return ACTIVATION_FUNCTIONS[activation](x)
 
 
 def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,
            activation: Optional[str] = None) -> paddle.Tensor:
     """act(x [..., in] @ weight [in, out] + bias [out]) by the fastest path that can run it (see above)."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    if activation not in ACTIVATION_FUNCTIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATION_FUNCTIONS)}, got {activation!r}")
+    if activation not in ACTIVATIONS:  # no epilogue for it: the Linear by the paths below, then the activation
+        return activate(linear(x, weight, bias), activation)
     if exporting():
         return activate(F.linear(x, weight, bias), activation)
     if custom_ops_allowed():

@@ -4,7 +4,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ...external_ops import fused_mlp, fused_swiglu
+from ...external_ops import ACTIVATIONS, fused_mlp, fused_swiglu
 from .kernels import bf16_gemms, custom_ops_allowed
 from .linear import Linear, activate, linear
 from .norm import layer_norm
@@ -14,8 +14,9 @@ from .parallel import column_linear, row_linear
 class Mlp(nn.Layer):
     """c_fc -> activation -> [ffn_ln] -> c_proj (names as in open_clip; ffn_ln is EVA's sub-LN).
 
-    The activation is exact (erf) GELU as in open_clip, or QuickGELU for OpenAI-trained weights; it
-    runs as c_fc's epilogue (layers.linear). Without a sub-LN, on CPU in float32, the whole block is
+    The activation (layers.linear.ACTIVATION_FUNCTIONS) is exact (erf) GELU as in open_clip, QuickGELU
+    for OpenAI-trained weights, or tanh-approximated GELU (SigLIP 2's text tower); the first two run as
+    c_fc's epilogue (layers.linear). Without a sub-LN, on CPU in float32, the whole block is
     paddlemix's onednn_mlp op, which keeps c_fc's output but not its activation for the backward pass
     (recomputed there: 20 MB less per block for ViT-B-32 at batch 32). With tensor parallelism c_fc is
     column- and c_proj row-parallel, and the activation follows c_fc's own forward.
@@ -29,20 +30,20 @@ class Mlp(nn.Layer):
         self,
         width: int,
         hidden: int,
-        quick_gelu: bool = False,
+        activation: str = "gelu",
         subln: bool = False,
         norm_eps: float = 1e-5,
         tensor_parallel_degree: int = 1,
     ):
         super().__init__()
         self.c_fc = column_linear(width, hidden, True, tensor_parallel_degree)
-        self.activation = "quick_gelu" if quick_gelu else "gelu"
+        self.activation = activation
         self.ffn_ln = layer_norm(hidden, norm_eps, tensor_parallel_degree) if subln else nn.Identity()
         self.c_proj = row_linear(hidden, width, tensor_parallel_degree)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if isinstance(self.ffn_ln, nn.Identity) and isinstance(self.c_fc, Linear) and isinstance(self.c_proj, Linear) \
-                and custom_ops_allowed():
+                and self.activation in ACTIVATIONS and custom_ops_allowed():
             out = fused_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias, self.activation,
                             bf16=bf16_gemms())
             if out is not None:

@@ -1,9 +1,10 @@
-"""Attentional pooling: learned queries attending to a tower's tokens (CoCa's image tower)."""
+"""Attention pooling: learned queries attending to a tower's tokens (CoCa's image tower, SigLIP's 'map' head)."""
 
 import paddle
 import paddle.nn as nn
 
 from .attention import CrossAttention
+from .mlp import Mlp
 from .norm import layer_norm
 
 
@@ -24,3 +25,24 @@ class AttentionalPooler(nn.Layer):
         # by Paddle Inference into a tensor without memory, and the exported program fails to load
         query = self.ln_q(self.query.unsqueeze(0).expand([x.shape[0], *self.query.shape]))
         return self.attn(query, key, value)
+
+
+class AttentionPoolLatent(nn.Layer):
+    """timm's AttentionPoolLatent with one latent query (the 'map' head of SigLIP's ViT): the latent
+    attends to the tokens (timm's q, kv and proj Linears are `attn`'s q_proj, kv_proj and out_proj),
+    then a residual MLP on its layer-normed output. [batch, tokens, width] -> [batch, width]."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6):
+        super().__init__()
+        # [1, 1, width] as timm's, whose init (truncated normal, std width^-0.5) this follows untruncated
+        self.latent = self.create_parameter([1, 1, width], default_initializer=nn.initializer.Normal(std=width**-0.5))
+        self.attn = CrossAttention(width, heads, width)
+        self.norm = layer_norm(width, norm_eps)
+        self.mlp = Mlp(width, int(width * mlp_ratio))  # exact GELU, as timm's ViT heads
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        key, value = self.attn.context_kv(x)
+        # expanded before q_proj, for the reason AttentionalPooler gives: no parameter-only subgraph
+        query = self.latent.expand([x.shape[0], *self.latent.shape[1:]])
+        pooled = self.attn(query, key, value)
+        return (pooled + self.mlp(self.norm(pooled)))[:, 0]

@@ -23,7 +23,7 @@ from .norm import layer_norm
 class BlockOptions:
     mlp_ratio: float = 4.0
     ls_init_value: Optional[float] = None  # layer scale initial value; None disables it
-    quick_gelu: bool = False
+    activation: str = "gelu"  # the MLP's: 'gelu', 'quick_gelu' or 'gelu_tanh' (layers.linear)
     attn_bias: str = "qkv"  # see Attention
     subln: bool = False  # LayerNorm before the attention and MLP output projections
     swiglu: bool = False  # SwiGLU MLP instead of Linear-GELU-Linear
@@ -64,7 +64,7 @@ class ResidualAttentionBlock(nn.Layer):
         if options.swiglu:
             self.mlp = SwiGLU(width, hidden, options.subln, options.norm_eps, degree)
         else:
-            self.mlp = Mlp(width, hidden, options.quick_gelu, options.subln, options.norm_eps, degree)
+            self.mlp = Mlp(width, hidden, options.activation, options.subln, options.norm_eps, degree)
         with_scale = options.ls_init_value is not None
         self.ls_1 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
         self.ls_2 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
@@ -94,7 +94,7 @@ class CrossAttentionBlock(nn.Layer):
         self.ln_1_kv = layer_norm(width, options.norm_eps)
         self.attn = CrossAttention(width, heads, width)
         self.ln_2 = layer_norm(width, options.norm_eps)
-        self.mlp = Mlp(width, int(width * options.mlp_ratio), options.quick_gelu, norm_eps=options.norm_eps)
+        self.mlp = Mlp(width, int(width * options.mlp_ratio), options.activation, norm_eps=options.norm_eps)
         with_scale = options.ls_init_value is not None
         self.ls_1 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
         self.ls_2 = LayerScale(width, options.ls_init_value) if with_scale else nn.Identity()
