@@ -81,7 +81,7 @@ def test_hf_folder_with_only_a_torch_pickle_is_refused_without_reading_it(tmp_pa
     (lambda c: c["text_config"].update(hidden_act="quick_gelu"), r"one setting for both towers"),
     (lambda c: c["text_config"].update(layer_norm_eps=1e-6), r"text_config\.layer_norm_eps 1e-06"),
     (lambda c: c["text_config"].update(eos_token_id=5), r"eos_token_id 5"),
-    (lambda c: c.update(model_type="siglip"), r"model_type 'siglip'"),
+    (lambda c: c.update(model_type="align"), r"model_type 'align'"),
 ], ids=["activation", "mixed_activations", "text_eps", "eos_token_id", "not_clip"])
 def test_hf_config_paddlemix_cannot_express_is_refused_with_the_reason(tmp_path, edit, reason):
     folder = edited_folder(tmp_path, "gelu", edit)

@@ -199,3 +199,18 @@ def test_patch_dropout_without_a_class_token_keeps_the_fraction_of_all_tokens():
     for row in indices.numpy():
         assert len(set(row)) == 8 and row.min() >= 0 and row.max() < 16
     np.testing.assert_array_equal(kept.numpy()[:, :, 0], indices.numpy() + np.array([[0], [16]]))
+
+
+def test_an_open_clip_siglip_logit_scale_above_ln_100_is_kept_not_clamped(tmp_path):
+    """open_clip's forward does not clamp the scale, and trained SigLIPs sit above ln 100 (~4.76): the
+    converted model must give open_clip's exp(logit_scale), not paddlemix's default ceiling of 100."""
+    state = dict(np.load(FIXTURES / "tiny_siglip.npz"))
+    state["logit_scale"] = np.array(math.log(117.0), dtype="float32")
+    checkpoint = tmp_path / "above_ln_100.npz"
+    np.savez(checkpoint, **state)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(paddlemix_config("tiny_siglip")))
+    assert main(["--source", "open_clip", "--model", str(config), "--checkpoint", str(checkpoint),
+                 "--output", str(tmp_path / "out")]) == 0
+    model = AutoModel.from_pretrained(str(tmp_path / "out"))
+    assert float(model.scale()) == pytest.approx(117.0, rel=1e-5)

@@ -53,7 +53,7 @@ class VisionConfig:
 
     The defaults are OpenAI CLIP's ViT; EVA-CLIP's towers switch on the options below the line, and
     SigLIP's (timm's ViT in open_clip) class_token false, pool_type 'map', proj_type 'none', no_ln_pre,
-    patch_bias and norm_eps 1e-6.
+    patch_bias and norm_eps 1e-6 (transformers' SiglipModel adds gelu_approximate 'tanh').
     """
 
     image_size: Union[int, Tuple[int, int]] = 224
@@ -88,6 +88,13 @@ class VisionConfig:
     attentional_pool: bool = False
     attn_pooler_queries: int = 256
     attn_pooler_heads: int = 8
+    # 'tanh': every MLP's GELU (the blocks' and the 'map' head's) in tanh approximation, as transformers'
+    # SiglipModel (hidden_act gelu_pytorch_tanh) and big_vision compute it; timm's SigLIP ViT uses exact GELU
+    gelu_approximate: str = "none"
+
+    def __post_init__(self):
+        if self.gelu_approximate not in ("none", "tanh"):
+            raise ValueError(f"vision_cfg.gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
 
     @property
     def heads(self) -> int:

@@ -56,8 +56,8 @@ class _SigmoidPairLoss(paddle.autograd.PyLayer):
         ctx.differentiable = [not tensor.stop_gradient for tensor in (image, text, scale, bias)]
         total = paddle.zeros([], dtype=image.dtype)
         for start, logits, positive, kept in _chunks(image, text, scale, bias, *ctx.options):
-            signed = paddle.where(positive, logits, -logits)
-            total = total + paddle.where(kept, _negative_log_sigmoid(signed), paddle.zeros_like(signed)).sum()
+            terms = _negative_log_sigmoid(-logits if positive is None else paddle.where(positive, logits, -logits))
+            total = total + (terms if kept is None else paddle.where(kept, terms, paddle.zeros_like(terms))).sum()
         return total
 
     @staticmethod
@@ -69,8 +69,12 @@ class _SigmoidPairLoss(paddle.autograd.PyLayer):
         d_bias = paddle.zeros([], dtype=image.dtype)
         for start, logits, positive, kept in _chunks(image, text, scale, bias, *ctx.options):
             # d/dl of -log sigmoid(+l) is sigmoid(l) - 1, of -log sigmoid(-l) is sigmoid(l)
-            slope = F.sigmoid(logits) - positive.astype(logits.dtype)
-            slope = paddle.where(kept, slope, paddle.zeros_like(slope)) * grad
+            slope = F.sigmoid(logits)
+            if positive is not None:
+                slope = slope - positive.astype(logits.dtype)
+            if kept is not None:
+                slope = paddle.where(kept, slope, paddle.zeros_like(slope))
+            slope = slope * grad
             columns = text[start:start + logits.shape[1]]
             d_image = d_image + scale * (slope @ columns)
             d_text_chunks.append(scale * (slope.T @ image))
@@ -82,17 +86,20 @@ class _SigmoidPairLoss(paddle.autograd.PyLayer):
 
 
 def _chunks(image, text, scale, bias, diagonal_positive, row_keys, column_keys, chunk):
-    """(first column, logits [rows, c], positive [rows, c], kept [rows, c]) per chunk of c columns."""
-    rows = image.shape[0]
-    row_index = paddle.arange(rows).unsqueeze(1)
+    """(first column, logits [rows, c], positive [rows, c], kept [rows, c]) per chunk of c columns;
+    positive is None where every pair is negative, kept None where every pair counts."""
+    row_index = paddle.arange(image.shape[0]).unsqueeze(1)
     for start in range(0, text.shape[0], chunk):
         columns = text[start:start + chunk]
         logits = scale * (image @ columns.T) + bias
-        column_index = paddle.arange(start, start + columns.shape[0]).unsqueeze(0)
-        positive = (row_index == column_index) if diagonal_positive else paddle.zeros(logits.shape, dtype="bool")
+        positive = None
+        if diagonal_positive:
+            positive = row_index == paddle.arange(start, start + columns.shape[0]).unsqueeze(0)
         excluded = _excluded(row_keys, None if column_keys is None else column_keys[start:start + chunk])
-        kept = paddle.ones(logits.shape, dtype="bool") if excluded is None else paddle.logical_or(
-            positive, paddle.logical_not(excluded))
+        kept = None
+        if excluded is not None:
+            kept = paddle.logical_not(excluded) if positive is None else paddle.logical_or(
+                positive, paddle.logical_not(excluded))
         yield start, logits, positive, kept
 
 

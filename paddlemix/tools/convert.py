@@ -4,8 +4,10 @@
         --checkpoint open_clip_model.safetensors --output ./ViT-B-32
 
 Sources: `open_clip` (CLIP, and EVA-CLIP and SigLIP with their timm trunks `visual.trunk.*`), `eva_clip` (the
-EVA-CLIP repository's checkpoints: `visual.blocks.N.attn.q_proj`, `mlp.w1/w2/w3`, `ffn_ln`, ...) and
-`paddlemix` (PaddleMIX's CLIP / EVA-CLIP / CoCa `model_state.pdparams`).
+EVA-CLIP repository's checkpoints: `visual.blocks.N.attn.q_proj`, `mlp.w1/w2/w3`, `ffn_ln`, ...),
+`paddlemix` (PaddleMIX's CLIP / EVA-CLIP / CoCa `model_state.pdparams`) and `timm` (a bare timm image tower,
+`timm.create_model(name).state_dict()`, e.g. a SigLIP ViT: it fills the model's image tower, and the text
+tower and logit scale / bias keep their fresh initialisation, with a warning).
 `--model` is a registry name or a model config JSON (paddlemix's, PaddleMIX's `config.json`, or
 open_clip's). `--checkpoint` is a `.safetensors` state dict (open_clip's published format), a
 `.pdparams` (read without running code: only arrays and plain containers are accepted) or a `.npz`
@@ -14,7 +16,7 @@ be filled and every shape must match: otherwise nothing is written and the offen
 listed. The one tensor adapted is the image position embedding, resampled when the checkpoint was
 trained at another resolution (as EVA-CLIP does for its 336-pixel models).
 
-`--source hf --checkpoint DIR` reads a transformers `save_pretrained` folder of a CLIPModel or a
+`--source hf --checkpoint DIR` reads a transformers `save_pretrained` folder of a CLIPModel, a SiglipModel or a
 VisionTextDualEncoderModel (config.json + model.safetensors): the architecture comes from its
 config.json, so no `--model`. A model with a PaddleNLP text tower reads its tokenizer from its folder:
 the tokenizer files next to the checkpoint are copied along, on import and on export.
@@ -41,7 +43,8 @@ from ..models.configuration import CLIPConfig
 from ..models.modeling_utils import parameter_count
 from ..models.state_dict import StateDictMismatchError, check_state_dict
 from ..utils.log import logger
-from ..models.checkpoint_formats import SOURCES, convert_state
+from ..models.checkpoint_formats import IMAGE_TOWER_ONLY, SOURCES, convert_state
+from ..models.checkpoint_formats.common import unclamp_logit_scale
 from ..models.checkpoint_formats.paddlemix import config_from_paddlemix, is_paddlemix_config
 from ..models.weights_file import read_pdparams
 from ..models.checkpoint_formats.export import FORMATS, export_files, write_files
@@ -49,6 +52,7 @@ from ..models.checkpoint_formats.hf import read_hf_folder
 from ..models.checkpoint_formats.hf_dual_encoder import copy_tokenizer_files
 
 POSITIONAL_EMBEDDING = "visual.positional_embedding"
+IMAGE_TOWER = "visual."  # the state-dict prefix of the image tower
 
 def read_checkpoint(path: Path) -> Dict[str, np.ndarray]:
     """A state dict of numpy arrays from `.safetensors`, `.npz` or `.pdparams` (read without running code)."""
@@ -133,15 +137,24 @@ def convert(source: str, model: Optional[str], checkpoint: Path, output: Path) -
     else:
         config, foreign = read_model_config(model), read_checkpoint(checkpoint)
     state = convert_state(source, foreign, config.text_cfg)
+    unclamp_logit_scale(config, state)
     with paddle.LazyGuard():  # shapes only: check before allocating anything
         skeleton = AutoModel.from_config(config)
     expected = {key: tuple(int(d) for d in value.shape) for key, value in skeleton.state_dict().items()}
+    if source in IMAGE_TOWER_ONLY:
+        expected = {key: shape for key, shape in expected.items() if key.startswith(IMAGE_TOWER)}
     if POSITIONAL_EMBEDDING in expected:
         fit_positional_embedding(state, expected[POSITIONAL_EMBEDDING], checkpoint, int(config.vision_cfg.class_token))
     check_state_dict(expected, state, source=f"{checkpoint} (after {source} key mapping)")
     net = AutoModel.from_config(config)
     for key, param in net.state_dict().items():
-        param.set_value(paddle.to_tensor(state[key]).astype(param.dtype))
+        if key in expected:
+            param.set_value(paddle.to_tensor(state[key]).astype(param.dtype))
+    if source in IMAGE_TOWER_ONLY:
+        fresh = sorted({key.split(".")[0] for key in net.state_dict()} - {IMAGE_TOWER.rstrip(".")})
+        logger.warning("%s holds an image tower only: %s keep their fresh initialisation; train them (--lock_image "
+                       "keeps the image tower as it is) or take a text tower with --pretrained_text_model",
+                       checkpoint, ", ".join(fresh))
     net.save_pretrained(output)
     copy_tokenizer_files(config, checkpoint if checkpoint.is_dir() else checkpoint.parent, output)
     logger.info("wrote %s: %s parameters from %s", output, f"{parameter_count(net):,}", checkpoint)

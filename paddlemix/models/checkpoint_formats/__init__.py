@@ -5,7 +5,7 @@ torch's [out, in] Linear layout; shared steps then give a PaddleNLP text tower P
 (sources keep transformers' names there) and move Linear weights to Paddle's [in, out].
 """
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, FrozenSet, Optional
 
 from .common import State, torch_to_paddle_layout
 from .eva_clip import rename_eva_clip
@@ -13,13 +13,17 @@ from .hf import rename_hf
 from .open_clip import rename_open_clip
 from .paddlemix import rename_paddlemix
 from .paddlenlp_names import text_tower_from_transformers
+from .timm import rename_timm
 
 SOURCES: Dict[str, Callable[[State], State]] = {
     "open_clip": rename_open_clip,
     "eva_clip": rename_eva_clip,
     "hf": rename_hf,
     "paddlemix": rename_paddlemix,
+    "timm": rename_timm,
 }
+# Sources whose checkpoints hold an image tower alone: they fill the model's `visual.*` weights only.
+IMAGE_TOWER_ONLY: FrozenSet[str] = frozenset({"timm"})
 
 
 def convert_state(source: str, state: State, text_cfg: Optional[Any] = None) -> State:

@@ -1,9 +1,12 @@
 """Helpers every checkpoint layout shares: key renaming, wrapper stripping, torch -> Paddle layout."""
 
+import logging
 import re
 from typing import Dict, List, Tuple
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 State = Dict[str, np.ndarray]
 
@@ -78,3 +81,21 @@ def invert_rules(rules: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
         inverse_pattern = ("^" if start else "") + (group or "") + re.escape(target) + ("$" if end else "")
         inverse.append((inverse_pattern, ("\\1" if group else "") + plain))
     return inverse
+
+
+def stored_logit_scale(state: State) -> float:
+    """The checkpoint's logit_scale (its log), 0 where it has none."""
+    return float(np.asarray(state.get("logit_scale", 0.0)).reshape(-1)[0])
+
+
+def unclamp_logit_scale(config, state: State) -> None:
+    """Raise config.max_logit_scale to the checkpoint's logit_scale where it is higher. paddlemix clamps
+    the scale in forward (at ln 100 by default); open_clip, transformers and PaddleMIX do not (open_clip
+    clamps in its training loop), and trained SigLIPs sit above ln 100: the converted model then keeps
+    its producer's logits and sigmoid probabilities."""
+    stored = stored_logit_scale(state)
+    if stored > config.max_logit_scale:
+        logger.warning("logit_scale %.4f exceeds max_logit_scale %.4f, where paddlemix clamps it: max_logit_scale "
+                       "set to %.4f, as the checkpoint's producer does not clamp", stored, config.max_logit_scale,
+                       stored)
+        config.max_logit_scale = stored

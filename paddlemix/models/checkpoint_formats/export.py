@@ -5,6 +5,7 @@ format cannot express is refused, with the reason, before a file is written. The
 the import mappings read backwards (`to_hf` in hf.py, `to_open_clip` in open_clip.py).
 
     hf         config.json + model.safetensors      CLIP                (transformers.CLIPModel.from_pretrained)
+                                                    SigLIP              (SiglipModel.from_pretrained)
                                                     CLIP, PaddleNLP     (VisionTextDualEncoderModel.from_pretrained)
                                                     text tower
     open_clip  open_clip_config.json (model_cfg,    CLIP, EVA, SigLIP,  (open_clip.create_model + load_checkpoint)
@@ -36,6 +37,7 @@ from ..configuration import CLIPConfig, PreprocessConfig, VisionConfig
 from .common import State, paddle_to_torch_layout
 from .hf import PIL_RESAMPLE, hf_config_from_clip, inexpressible_settings, to_hf
 from .hf_dual_encoder import hf_dual_encoder_config, to_dual_encoder
+from .hf_siglip import hf_siglip_config, hf_siglip_preprocessor, to_hf_siglip, warn_clamped_logit_scale
 from .open_clip import to_open_clip
 from .paddlenlp_names import text_tower_to_transformers
 
@@ -276,9 +278,23 @@ def open_clip_files(config: CLIPConfig, state: State) -> Files:
     return files
 
 
+def hf_siglip_files(config: CLIPConfig, state: State) -> Files:
+    """transformers' SiglipModel folder of a paddlemix SigLIP model (state in Paddle layout)."""
+    try:
+        hf_config = hf_siglip_config(config)
+    except ValueError as err:
+        raise ExportRefused(f"hf: {err}") from err
+    warn_clamped_logit_scale(config, state)
+    return {"config.json": hf_config, "preprocessor_config.json": hf_siglip_preprocessor(config),
+            "model.safetensors": to_hf_siglip(paddle_to_torch_layout(state))}
+
+
 def hf_files(config: CLIPConfig, state: State) -> Files:
-    """transformers' CLIPModel folder of a paddlemix CLIP, or its VisionTextDualEncoderModel folder where
-    the text tower is a PaddleNLP one (state in Paddle layout)."""
+    """transformers' CLIPModel folder of a paddlemix CLIP, its SiglipModel folder for SigLIP towers (the
+    'map' image head), or its VisionTextDualEncoderModel folder where the text tower is a PaddleNLP one
+    (state in Paddle layout)."""
+    if config.vision_cfg.pool_type == "map" and config.text_cfg.kind == "clip":
+        return hf_siglip_files(config, state)
     dual_encoder = config.text_cfg.kind == "paddlenlp"
     try:
         hf_config = hf_dual_encoder_config(config) if dual_encoder else hf_config_from_clip(config)

@@ -52,6 +52,8 @@ HF_BUFFERS = re.compile(r"(?:text|vision)_model\.embeddings\.position_ids")
 QKV = re.compile(r"(.*)\.self_attn\.([qkv])_proj\.(weight|bias)")
 DUAL_ENCODER_TYPE = "vision-text-dual-encoder"
 DUAL_ENCODER_TEXT_KEY = "text_model.embeddings.word_embeddings.weight"  # a BERT-family text model (CLIP's: token_embedding)
+SIGLIP_TYPES = ("siglip", "siglip2")  # SiglipModel (hf_siglip); Siglip2Model, which hf_siglip refuses
+SIGLIP_KEY = "vision_model.head.probe"  # SiglipModel's attention-pool head (CLIPModel has none)
 
 # transformers 4.57.6's CLIPTextConfig / CLIPVisionConfig / CLIPConfig defaults: save_pretrained
 # may leave out a value equal to them.
@@ -92,8 +94,13 @@ def _pack_qkv(state: State) -> State:
 
 
 def rename_hf(state: State) -> State:
-    """transformers CLIPModel or VisionTextDualEncoderModel state dict -> paddlemix names (torch layout)."""
+    """transformers CLIPModel, SiglipModel or VisionTextDualEncoderModel state dict -> paddlemix names
+    (torch layout)."""
     state = strip_wrappers(state)
+    if SIGLIP_KEY in state:
+        from .hf_siglip import rename_siglip  # (hf_siglip builds on this module)
+
+        return rename_siglip(state)
     if DUAL_ENCODER_TEXT_KEY in state:
         from .hf_dual_encoder import rename_dual_encoder  # (hf_dual_encoder builds on this module)
 
@@ -126,16 +133,18 @@ def to_hf(state: State) -> State:
     return out
 
 
-def _tower(values: Dict[str, Any], where: str, problems: List[str]) -> Tuple[int, int, float]:
-    """(width, heads, mlp_ratio) of a transformers tower config; what paddlemix cannot hold goes to `problems`."""
+def _tower(values: Dict[str, Any], where: str, problems: List[str],
+           activations: Dict[str, Any] = ACTIVATIONS) -> Tuple[int, int, float]:
+    """(width, heads, mlp_ratio) of a transformers tower config whose hidden_act must be one of `activations`;
+    what paddlemix cannot hold goes to `problems`."""
     width, heads, hidden = values["hidden_size"], values["num_attention_heads"], values["intermediate_size"]
     if width % heads:
         problems.append(f"{where}.hidden_size {width} is not a multiple of num_attention_heads {heads}")
     ratio = hidden / width
     if int(width * ratio) != hidden:
         problems.append(f"{where}.intermediate_size {hidden} is not int(hidden_size x a ratio) for hidden_size {width}")
-    if values["hidden_act"] not in ACTIVATIONS:
-        problems.append(f"{where}.hidden_act {values['hidden_act']!r}: paddlemix's MLPs use {' or '.join(ACTIVATIONS)}")
+    if values["hidden_act"] not in activations:
+        problems.append(f"{where}.hidden_act {values['hidden_act']!r}: paddlemix's MLPs use {' or '.join(activations)}")
     return width, heads, ratio
 
 
@@ -156,8 +165,8 @@ def clip_config_from_hf(values: Dict[str, Any], where: str) -> CLIPConfig:
     every setting paddlemix's CLIP cannot express."""
     if values.get("model_type", "clip") != "clip":
         raise ValueError(f"{where}: model_type {values.get('model_type')!r}; only a transformers CLIPModel "
-                         f"(model_type 'clip') or VisionTextDualEncoderModel ({DUAL_ENCODER_TYPE!r}) maps to a "
-                         "paddlemix CLIP")
+                         f"(model_type 'clip'), SiglipModel ('siglip') or VisionTextDualEncoderModel "
+                         f"({DUAL_ENCODER_TYPE!r}) maps to a paddlemix CLIP")
     text = {**HF_TEXT_DEFAULTS, **(values.get("text_config") or values.get("text_config_dict") or {})}
     top = {**HF_DEFAULTS, **values}
     problems: List[str] = []
@@ -258,7 +267,7 @@ def hf_config_from_clip(config: CLIPConfig) -> Dict[str, Any]:
 
 
 def read_hf_folder(directory: Path) -> Tuple[CLIPConfig, State]:
-    """A transformers `save_pretrained` folder of a CLIPModel or VisionTextDualEncoderModel ->
+    """A transformers `save_pretrained` folder of a CLIPModel, SiglipModel or VisionTextDualEncoderModel ->
     (paddlemix config, its state dict as saved)."""
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -268,18 +277,23 @@ def read_hf_folder(directory: Path) -> Tuple[CLIPConfig, State]:
         from .hf_dual_encoder import dual_encoder_config_from_hf  # (hf_dual_encoder builds on this module)
 
         config = dual_encoder_config_from_hf(values, where=str(config_path))
+    elif values.get("model_type") in SIGLIP_TYPES:
+        from .hf_siglip import siglip_config_from_hf  # (hf_siglip builds on this module)
+
+        config = siglip_config_from_hf(values, where=str(config_path))
     else:
         config = clip_config_from_hf(values, where=str(config_path))
     config.name = directory.name
     preprocessor = directory / "preprocessor_config.json"
-    if preprocessor.is_file():  # CLIPImageProcessor's normalisation and resampling
-        values = json.loads(preprocessor.read_text())
-        resample = {code: name for name, code in PIL_RESAMPLE.items()}.get(values.get("resample"))
+    if preprocessor.is_file():  # CLIPImageProcessor's (SiglipImageProcessor's) normalisation and resampling
+        processor = json.loads(preprocessor.read_text())
+        resample = {code: name for name, code in PIL_RESAMPLE.items()}.get(processor.get("resample"))
         config.preprocess_cfg = dataclasses.replace(
-            config.preprocess_cfg, mean=values.get("image_mean", config.preprocess_cfg.mean),
-            std=values.get("image_std", config.preprocess_cfg.std),
+            config.preprocess_cfg, mean=processor.get("image_mean", config.preprocess_cfg.mean),
+            std=processor.get("image_std", config.preprocess_cfg.std),
             interpolation=resample or config.preprocess_cfg.interpolation)
-    return config, read_hf_weights(directory)
+    state = read_hf_weights(directory)
+    return config, state
 
 
 def read_hf_weights(directory: Path) -> State:

@@ -55,11 +55,18 @@ def drop_patches(tokens: paddle.Tensor, drop_fraction: float,
     return paddle.take_along_axis(tokens, kept_tokens.unsqueeze(-1), axis=1, broadcast=True), kept_tokens
 
 
+def mlp_activation(section: str, gelu_approximate: str, quick_gelu: bool) -> str:
+    """The MLP activation (layers.linear) of a tower with this gelu_approximate under the model's quick_gelu."""
+    if quick_gelu and gelu_approximate != "none":
+        raise ValueError(f"{section}.gelu_approximate applies to GELU, and this model's quick_gelu is set; unset one")
+    return "quick_gelu" if quick_gelu else {"none": "gelu", "tanh": "gelu_tanh"}[gelu_approximate]
+
+
 def vision_block_options(cfg: VisionConfig, quick_gelu: bool, tensor_parallel_degree: int) -> BlockOptions:
     return BlockOptions(
         mlp_ratio=cfg.mlp_ratio,
         ls_init_value=cfg.ls_init_value,
-        activation="quick_gelu" if quick_gelu else "gelu",
+        activation=mlp_activation("vision_cfg", cfg.gelu_approximate, quick_gelu),
         attn_bias=cfg.attn_bias,
         subln=cfg.subln,
         swiglu=cfg.naiveswiglu,
@@ -158,7 +165,9 @@ class VisionTransformer(BlockStackTower):
             self.attn_pool = AttentionalPooler(output_dim, width, cfg.attn_pooler_heads, cfg.attn_pooler_queries)
             pool_width = output_dim
         elif cfg.pool_type == "map":  # SigLIP: the layer-normed tokens are pooled by timm's attention-pool head
-            self.attn_pool = AttentionPoolLatent(width, cfg.heads, cfg.mlp_ratio, cfg.norm_eps)
+            # its MLP runs GELU whatever quick_gelu says, as the heads of open_clip's timm trunks
+            self.attn_pool = AttentionPoolLatent(width, cfg.heads, cfg.mlp_ratio, cfg.norm_eps,
+                                                 mlp_activation("vision_cfg", cfg.gelu_approximate, quick_gelu=False))
         else:
             self.attn_pool = None
         self.ln_post = layer_norm(pool_width, cfg.norm_eps)
@@ -260,9 +269,7 @@ class TextTransformer(BlockStackTower):
         self.positional_embedding = self.create_parameter(
             [cfg.context_length + int(cfg.embed_cls), width], default_initializer=Normal(std=0.01)
         )
-        if quick_gelu and cfg.gelu_approximate != "none":
-            raise ValueError("text_cfg.gelu_approximate applies to GELU, and this model's quick_gelu is set; unset one")
-        activation = "quick_gelu" if quick_gelu else {"none": "gelu", "tanh": "gelu_tanh"}[cfg.gelu_approximate]
+        activation = mlp_activation("text_cfg", cfg.gelu_approximate, quick_gelu)
         self.no_causal_mask = cfg.no_causal_mask
         options = BlockOptions(
             cfg.mlp_ratio, cfg.ls_init_value, activation, norm_eps=cfg.norm_eps, xattn=cfg.xattn,

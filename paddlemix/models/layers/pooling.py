@@ -30,15 +30,18 @@ class AttentionalPooler(nn.Layer):
 class AttentionPoolLatent(nn.Layer):
     """timm's AttentionPoolLatent with one latent query (the 'map' head of SigLIP's ViT): the latent
     attends to the tokens (timm's q, kv and proj Linears are `attn`'s q_proj, kv_proj and out_proj),
-    then a residual MLP on its layer-normed output. [batch, tokens, width] -> [batch, width]."""
+    then a residual MLP on its layer-normed output. [batch, tokens, width] -> [batch, width].
+    `activation`: the MLP's (layers.linear): exact GELU as timm's ViT heads, 'gelu_tanh' as transformers'
+    SiglipMultiheadAttentionPoolingHead."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6):
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
+                 activation: str = "gelu"):
         super().__init__()
         # [1, 1, width] as timm's, whose init (truncated normal, std width^-0.5) this follows untruncated
         self.latent = self.create_parameter([1, 1, width], default_initializer=nn.initializer.Normal(std=width**-0.5))
         self.attn = CrossAttention(width, heads, width)
         self.norm = layer_norm(width, norm_eps)
-        self.mlp = Mlp(width, int(width * mlp_ratio))  # exact GELU, as timm's ViT heads
+        self.mlp = Mlp(width, int(width * mlp_ratio), activation)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         key, value = self.attn.context_kv(x)
