@@ -2,7 +2,9 @@
 
 `text_cfg.tokenizer` names an entry of TOKENIZERS (open_clip's `get_tokenizer`, with a registry in
 place of branches): "clip" is CLIP's byte-level BPE, which ships with paddlemix; "hf" reads the
-RoBERTa / XLM-RoBERTa / BERT tokenizer files of the model's folder (`hf_tokenizer.HFTokenizer`).
+RoBERTa / XLM-RoBERTa / BERT tokenizer files of the model's folder (`hf_tokenizer.HFTokenizer`);
+"siglip" and "siglip2" read SigLIP's (T5's SentencePiece vocabulary) and SigLIP 2's (Gemma's) from it,
+cleaned as open_clip's SigLIP configs say (clean="canonicalize").
 Every consumer (collator, zero-shot classifier, retrieval, processor, CLI, caption decoding) asks
 here; nothing falls back to a process-wide tokenizer.
 
@@ -10,8 +12,9 @@ A tokenizer is called as `tokenizer(texts) -> int64 [N, context_length]`, and ha
 `pad_token_id`, `context_length` and `save_pretrained(directory)`.
 """
 
+from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 from ..models.auto import AutoConfig
 from ..models.hub import model_cache_dir
@@ -28,8 +31,29 @@ def _hf_tokenizer(config, context_length: int):
     return HFTokenizer.from_folder(tokenizer_folder(config), context_length)
 
 
-# text_cfg.tokenizer -> builder(config, context_length)
-TOKENIZERS: Dict[str, Callable] = {"clip": _clip_tokenizer, "hf": _hf_tokenizer}
+def _siglip_tokenizer(hub_repo: str, families: Tuple[str, ...], files: str, config, context_length: int):
+    """SigLIP's tokenizer files from the model folder, cleaned by canonicalize (open_clip's SigLIP configs'
+    tokenizer_kwargs); a folder without them names the hub repo open_clip reads them from."""
+    from .hf_tokenizer import HFTokenizer
+
+    folder = tokenizer_folder(config)
+    try:
+        return HFTokenizer.from_folder(folder, context_length, clean="canonicalize", families=families)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}. This model's tokenizer is open_clip's {hub_repo}; get its files with "
+                                f"`huggingface-cli download {hub_repo} {files} --local-dir {folder}`") from err
+
+
+# text_cfg.tokenizer -> builder(config, context_length). SigLIP's hub repos and files are open_clip 3.3.0's
+# text_cfg.hf_tokenizer_name (model_configs/ViT-B-16-SigLIP.json, ViT-B-16-SigLIP2.json).
+TOKENIZERS: Dict[str, Callable] = {
+    "clip": _clip_tokenizer,
+    "hf": _hf_tokenizer,
+    "siglip": partial(_siglip_tokenizer, "timm/ViT-B-16-SigLIP", ("t5", "siglip"),
+                      "spiece.model tokenizer.json tokenizer_config.json special_tokens_map.json"),
+    "siglip2": partial(_siglip_tokenizer, "timm/ViT-B-16-SigLIP2", ("gemma",),
+                       "tokenizer.json tokenizer_config.json special_tokens_map.json"),
+}
 
 
 def tokenizer_folder(config) -> Path:

@@ -5,10 +5,10 @@ import shutil
 from pathlib import Path
 from typing import List
 
-# The slow and fast files of the BERT family's tokenizers (BPE, SentencePiece, WordPiece), as
-# transformers' save_pretrained writes them.
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "sentencepiece.bpe.model", "vocab.txt", "tokenizer.json",
-                   "tokenizer_config.json", "special_tokens_map.json")
+# The slow and fast files of the BERT family's and SigLIP's tokenizers (BPE, SentencePiece, WordPiece; T5's
+# spiece.model, Gemma's tokenizer.model), as transformers' save_pretrained writes them.
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "sentencepiece.bpe.model", "vocab.txt", "spiece.model",
+                   "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def copy_tokenizer_files(source: Path, output: Path) -> List[str]:

@@ -112,9 +112,10 @@ def to_dual_encoder(state: State) -> State:
 
 
 def copy_tokenizer_files(config: CLIPConfig, source: Path, output: Path) -> List[str]:
-    """A PaddleNLP text tower reads its tokenizer from the model folder: copy the TOKENIZER_FILES
-    `source` (a folder) has into `output`; the names copied. Other text towers copy nothing."""
-    if config.text_cfg.kind != "paddlenlp":
+    """Every tokenizer but CLIP's BPE (`text_cfg.tokenizer` "clip", which ships with paddlemix) reads its
+    files from the model folder (PaddleNLP towers, SigLIP): copy the TOKENIZER_FILES `source` (a folder)
+    has into `output`; the names copied."""
+    if config.text_cfg.tokenizer == "clip":
         return []
     copied = copy_files(source, output)
     if not copied:
