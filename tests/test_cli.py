@@ -53,8 +53,8 @@ def readable_paths(image_dir):
     return sorted(image_dir / name for name in COLOURS)
 
 
-def direct_probabilities(model, paths, labels, templates):
-    """softmax(scale * cos(image, label)) with a label's embedding the normalised mean over its templates."""
+def direct_logits(model, paths, labels, templates):
+    """scale * cos(image, label) with a label's embedding the normalised mean over its templates."""
     processor = CLIPProcessor.from_config(model.config)
     with paddle.no_grad():
         images = [Image.open(path) for path in paths]
@@ -64,7 +64,12 @@ def direct_probabilities(model, paths, labels, templates):
             input_ids = processor(text=[t.format(label) for t in templates])["input_ids"]
             mean = model.encode_text(input_ids, normalize=True).numpy().mean(axis=0)
             columns.append(mean / np.linalg.norm(mean))
-        logits = float(model.scale().numpy()[0]) * image_features @ np.stack(columns, axis=1)
+        return float(model.scale().numpy()[0]) * image_features @ np.stack(columns, axis=1)
+
+
+def direct_probabilities(model, paths, labels, templates):
+    """The softmax over the labels of direct_logits."""
+    logits = direct_logits(model, paths, labels, templates)
     logits -= logits.max(axis=1, keepdims=True)
     return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
 
@@ -111,6 +116,24 @@ def test_zeroshot_caps_top_k_at_the_number_of_labels(model_dir, image_dir, capsy
     for entries in results.values():
         assert sorted(label for label, _ in entries) == sorted(LABELS)
         assert sum(p for _, p in entries) == pytest.approx(1.0, abs=0.0005 * len(LABELS))
+
+
+def test_zeroshot_of_a_sigmoid_loss_model_prints_each_labels_own_sigmoid(tmp_path, image_dir, capsys):
+    """A model trained with the sigmoid loss (SigLIP): sigmoid(scale * cos + bias) per label, not a softmax."""
+    paddle.seed(1)
+    vision = VisionConfig(image_size=32, patch_size=8, width=32, head_width=16, layers=1)
+    text = TextConfig(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
+    config = CLIPConfig(embed_dim=16, vision_cfg=vision, text_cfg=text, loss="siglip", init_logit_scale=np.log(10.0),
+                        init_logit_bias=-1.0)
+    AutoModel.from_config(config).save_pretrained(tmp_path / "siglip")
+    model = AutoModel.from_pretrained(tmp_path / "siglip")
+    results, _ = run_zeroshot(tmp_path / "siglip", image_dir, len(LABELS), capsys)
+    logits = direct_logits(model, readable_paths(image_dir), LABELS, TEMPLATES) + float(model.logit_bias)
+    expected = 1 / (1 + np.exp(-logits))
+    for path, row in zip(readable_paths(image_dir), expected):
+        for label, probability in results[str(path)]:
+            assert probability == pytest.approx(row[LABELS.index(label)], abs=6e-4)
+    assert any(abs(sum(dict(entries).values()) - 1) > 0.01 for entries in results.values())  # not a softmax
 
 
 @pytest.mark.parametrize("labels", ["cat,,dog", " , ", ""])

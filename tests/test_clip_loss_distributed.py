@@ -4,10 +4,6 @@ One `paddle.distributed.launch` (gloo) runs every case of tests/distributed/clip
 the reference is the same model and batch computed here with world_size 1.
 """
 
-import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,55 +11,18 @@ import pytest
 
 from paddlemix.models.loss import ClipLoss
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from distributed_helpers import launch_workers, load_worker
+
 WORKER_PATH = Path(__file__).resolve().parent / "distributed" / "clip_loss_worker.py"
 WORLD_SIZE = 2
-LAUNCH_TIMEOUT_S = 300
 
-
-def _load_worker():
-    spec = importlib.util.spec_from_file_location("clip_loss_worker", WORKER_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-worker = _load_worker()
-
-
-def _worker_logs(log_dir: Path) -> str:
-    logs = sorted(log_dir.glob("workerlog.*"))
-    return "\n".join(f"===== {log.name} =====\n{log.read_text(errors='replace')}" for log in logs)
+worker = load_worker(WORKER_PATH)
 
 
 @pytest.fixture(scope="module")
 def rank_outputs(tmp_path_factory):
     """Launch the workers once; return {case: [npz of rank 0, npz of rank 1]}."""
-    tmp = tmp_path_factory.mktemp("clip_loss_distributed")
-    out_dir, log_dir = tmp / "out", tmp / "log"
-    out_dir.mkdir()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    # On a CPU build the launcher reads CUDA_VISIBLE_DEVICES="" as one GPU named "" and fails
-    # to place the second rank; without the variable it falls back to CPU with gloo.
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    command = [
-        sys.executable, "-m", "paddle.distributed.launch",
-        "--nproc_per_node", str(WORLD_SIZE),
-        "--log_dir", str(log_dir),
-        str(WORKER_PATH), str(out_dir),
-    ]
-    try:
-        result = subprocess.run(
-            command, env=env, cwd=tmp, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
-        )
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"launch timed out after {LAUNCH_TIMEOUT_S} s\n{_worker_logs(log_dir)}\n{error}")
-    if result.returncode != 0:
-        pytest.fail(
-            f"launch exited with {result.returncode}\n{result.stdout}\n{result.stderr}\n"
-            f"{_worker_logs(log_dir)}"
-        )
+    out_dir = launch_workers(WORKER_PATH, WORLD_SIZE, tmp_path_factory.mktemp("clip_loss_distributed"))
     cases = [(name, split) for name in worker.VALID_CASES for split in worker.SPLITS]
     return {
         case: [dict(np.load(out_dir / f"{case[0]}.{case[1]}.rank{rank}.npz")) for rank in range(WORLD_SIZE)]

@@ -5,10 +5,6 @@ with equal and unequal row counts per rank.
 One `paddle.distributed.launch` (gloo) runs every case of tests/distributed/duplicate_pairs_worker.py.
 """
 
-import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,37 +12,18 @@ import pytest
 
 from paddlemix.models.loss import ClipLoss
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from distributed_helpers import launch_workers, load_worker
+
 WORKER_PATH = Path(__file__).resolve().parent / "distributed" / "duplicate_pairs_worker.py"
 WORLD_SIZE = 2
-LAUNCH_TIMEOUT_S = 300
 
-
-def _load_worker():
-    sys.path.insert(0, str(WORKER_PATH.parent))  # the worker imports clip_loss_worker beside it
-    spec = importlib.util.spec_from_file_location("duplicate_pairs_worker", WORKER_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-worker = _load_worker()
+worker = load_worker(WORKER_PATH)
 
 
 @pytest.fixture(scope="module")
 def rank_outputs(tmp_path_factory):
     """Launch the workers once; {(case, split): [npz of rank 0, npz of rank 1]}."""
-    tmp = tmp_path_factory.mktemp("duplicate_pairs_distributed")
-    out_dir, log_dir = tmp / "out", tmp / "log"
-    out_dir.mkdir()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.pop("CUDA_VISIBLE_DEVICES", None)  # the CPU launcher reads "" as one GPU named ""
-    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(WORLD_SIZE),
-               "--log_dir", str(log_dir), str(WORKER_PATH), str(out_dir)]
-    result = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
-    logs = "\n".join(f"===== {p.name} =====\n{p.read_text(errors='replace')}" for p in sorted(log_dir.glob("workerlog.*")))
-    assert result.returncode == 0, f"launch exited with {result.returncode}\n{result.stderr[-3000:]}\n{logs[-6000:]}"
+    out_dir = launch_workers(WORKER_PATH, WORLD_SIZE, tmp_path_factory.mktemp("duplicate_pairs_distributed"))
     return {(case, split): [dict(np.load(out_dir / f"{case}.{split}.rank{rank}.npz")) for rank in range(WORLD_SIZE)]
             for case in worker.VALID_CASES for split in worker.SPLITS}
 

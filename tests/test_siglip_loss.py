@@ -78,6 +78,8 @@ def test_bad_siglip_options_name_the_flag():
     config = CLIPConfig(vision_cfg=TINY_VISION, text_cfg=TINY_TEXT, loss="siglip")
     with pytest.raises(ValueError, match="--coca_caption_loss_weight"):
         build_loss(config, options={"coca_caption_loss_weight": 1.0})
+    with pytest.raises(ValueError, match="--siglip_exchange"):  # the softmax loss's flags do nothing here
+        build_loss(config, local_loss=True, gather_with_grad=True)
 
 
 def test_loss_siglip_adds_a_trainable_logit_bias_to_a_clip_model():

@@ -7,10 +7,6 @@ trainer's gradient accumulation, and with pair keys shared across ranks. The ref
 model and batch computed here in one process.
 """
 
-import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,45 +15,19 @@ import pytest
 from paddlemix.models.loss_registry import training_loss
 from paddlemix.models.siglip_loss import SigLipLoss
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from distributed_helpers import launch_workers, load_worker
+
 WORKER_PATH = Path(__file__).resolve().parent / "distributed" / "siglip_loss_worker.py"
-LAUNCH_TIMEOUT_S = 300
 TOLERANCE = 1e-10  # float64: the ring sums the same terms in another order
 
-
-def _load_worker():
-    spec = importlib.util.spec_from_file_location("siglip_loss_worker", WORKER_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-worker = _load_worker()
-
-
-def _worker_logs(log_dir: Path) -> str:
-    return "\n".join(f"===== {log.name} =====\n{log.read_text(errors='replace')}"
-                     for log in sorted(log_dir.glob("workerlog.*")))
+worker = load_worker(WORKER_PATH)
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["2_processes", "3_processes"])
 def launched(request, tmp_path_factory):
     """(world size, {(case, split): [npz of each rank]}) from one launch."""
     world = request.param
-    tmp = tmp_path_factory.mktemp(f"siglip_{world}")
-    out_dir, log_dir = tmp / "out", tmp / "log"
-    out_dir.mkdir()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.pop("CUDA_VISIBLE_DEVICES", None)  # else the CPU launcher looks for a GPU named ""
-    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(world),
-               "--log_dir", str(log_dir), str(WORKER_PATH), str(out_dir)]
-    try:
-        result = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"launch timed out after {LAUNCH_TIMEOUT_S} s\n{_worker_logs(log_dir)}\n{error}")
-    if result.returncode != 0:
-        pytest.fail(f"launch exited with {result.returncode}\n{result.stdout}\n{result.stderr}\n{_worker_logs(log_dir)}")
+    out_dir = launch_workers(WORKER_PATH, world, tmp_path_factory.mktemp(f"siglip_{world}"))
     outputs = {(case, split): [dict(np.load(out_dir / f"{case}.{split}.rank{rank}.npz")) for rank in range(world)]
                for case in worker.CASES for split in worker.SPLITS[world]}
     return world, outputs

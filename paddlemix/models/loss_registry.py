@@ -40,6 +40,10 @@ def _coca_loss(config, contrastive: ClipLoss, **options) -> CoCaLoss:
 
 def _siglip_loss(config, contrastive: ClipLoss, **options) -> SigLipLoss:
     _check_options(config, options, ("siglip_exchange", "siglip_chunk"))
+    if contrastive.local_loss or contrastive.gather_with_grad:
+        raise ValueError("--local_loss / --gather_with_grad choose how the softmax loss gathers features; the sigmoid "
+                         "loss always computes each rank's own rows, exactly: choose its exchange with "
+                         "--siglip_exchange bidir|shift|gather")
     return SigLipLoss(exchange=options.get("siglip_exchange", "bidir"),
                       chunk=options.get("siglip_chunk", DEFAULT_CHUNK))
 
