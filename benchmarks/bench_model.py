@@ -72,22 +72,41 @@ def bench_paddlemix(args) -> dict:
 
 
 # Runs the reference bench, then prints this process's peak resident set (VmHWM, which unlike
-# ru_maxrss does not carry over the forking parent's memory across exec).
+# ru_maxrss does not carry over the forking parent's memory across exec). The reference bench builds
+# SigLIP's loss as open_clip.SigLipLoss, which open_clip 3.3.0 exports only from open_clip.loss: the
+# wrapper makes the name resolve first.
 PEER_WRAPPER = (
-    "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
+    "import runpy, sys; import open_clip, open_clip.loss; open_clip.SigLipLoss = open_clip.loss.SigLipLoss; "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
     "print('VmHWM', next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"
+)
+
+
+# Run by the peer: open_clip's config of a model, its HF tokenizer read from a local folder (offline, the hub's
+# is out of reach), written where open_clip.add_model_config registers it under the same name.
+LOCAL_TOKENIZER_CONFIG = (
+    "import json, sys; from open_clip.factory import get_model_config; name, folder, out = sys.argv[1:]; "
+    "config = get_model_config(name); config['text_cfg']['hf_tokenizer_name'] = folder; "
+    "open(out, 'w').write(json.dumps(config))"
 )
 
 
 def bench_open_clip(args) -> dict:
     name = open_clip_name(args.model)
-    command = [args.peer, "-c", PEER_WRAPPER, str(REFERENCE_BENCH), "--model", name, "--skip-text-infer", "--threads", str(args.threads),
+    options = ["--skip-text-infer", "--threads", str(args.threads),
                "--infer-batch", str(args.infer_batch), "--infer-steps", str(args.steps + args.warmup),
                "--infer-warmup", str(args.warmup), "--batch-size", str(args.train_batch),
                "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    command += ["--skip-infer"] if args.skip_infer else []
-    command += ["--skip-train"] if args.skip_train else []
+    options += ["--skip-infer"] if args.skip_infer else []
+    options += ["--skip-train"] if args.skip_train else []
     with tempfile.TemporaryDirectory() as tmp:
+        model = ["--model", name]
+        if args.peer_tokenizer:
+            config_file = Path(tmp) / f"{name}.json"
+            subprocess.run([args.peer, "-c", LOCAL_TOKENIZER_CONFIG, name, str(Path(args.peer_tokenizer).resolve()),
+                            str(config_file)], check=True)
+            model = ["--config", str(config_file)]
+        command = [args.peer, "-c", PEER_WRAPPER, str(REFERENCE_BENCH), *model, *options]
         result_file = Path(tmp) / "open_clip.json"
         output = subprocess.run(command + ["--json", str(result_file)], check=True, capture_output=True, text=True).stdout
         raw = json.loads(result_file.read_text())
@@ -110,6 +129,9 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-infer", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--peer", default=None, help="python of the open_clip reference venv")
+    parser.add_argument("--peer-tokenizer", default=None,
+                        help="a folder of the model's HF tokenizer files, for a peer model whose open_clip config "
+                             "names a hub tokenizer (SigLIP): offline, open_clip cannot fetch it")
     args = parser.parse_args(argv)
 
     paddle.base.core.set_num_threads(args.threads)

@@ -16,6 +16,7 @@ peer fails alone instead of calling the kernel's OOM killer.
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -87,14 +88,18 @@ def measure_open_clip(args, batch: int) -> dict:
         command = [args.peer, str(PEER_SCRIPT), "--out", tmp, "--batch", str(batch), "--dim", str(args.dim),
                    "--procs", str(args.procs), "--threads", str(args.threads),
                    "--memory-gib", str(args.peer_memory_gib)]
+        peer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         try:
-            finished = subprocess.run(command, capture_output=True, text=True, timeout=args.peer_timeout)
-        except subprocess.TimeoutExpired:  # a rank that ran out of memory leaves the others waiting on it
+            _, stderr = peer.communicate(timeout=args.peer_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(peer.pid, signal.SIGKILL)  # the launcher and its rank processes
+            peer.communicate()
             return {"error": f"no result within {args.peer_timeout} s"}
         results = [json.loads(path.read_text()) for path in Path(tmp).glob("rank*.json")]
         errors = [r["error"] for r in results if "error" in r]
-        if errors or finished.returncode != 0 or len(results) < args.procs:
-            return {"error": errors[0] if errors else f"exit {finished.returncode}: {finished.stderr[-500:]}"}
+        if errors or peer.returncode != 0 or len(results) < args.procs:
+            return {"error": errors[0] if errors else f"exit {peer.returncode}: {stderr[-500:]}"}
         return _slowest(results)
 
 

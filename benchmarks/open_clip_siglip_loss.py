@@ -50,7 +50,8 @@ def worker(rank: int, args, port: int) -> None:
     except (RuntimeError, MemoryError) as error:  # torch reports an allocation past the cap as RuntimeError
         out.write_text(json.dumps({"error": f"{type(error).__name__} at a {args.memory_gib:g} GiB cap: "
                                             f"{str(error).splitlines()[0][:200]}"}))
-        os._exit(0)  # the other ranks wait on this one's messages: leave without the collective teardown
+        # a failed exit: torch.multiprocessing.spawn then ends the ranks that wait on this one's messages
+        os._exit(1)
     dist.destroy_process_group()
 
 

@@ -55,6 +55,21 @@ def test_pairs_sharing_a_caption_are_left_out_of_the_loss():
     assert loss == pytest.approx(terms.sum() / 6, rel=1e-12)
 
 
+@pytest.mark.parametrize("diagonal_positive", [True, False], ids=["own_captions", "another_ranks_captions"])
+def test_sigmoid_pair_loss_of_a_block_equals_the_sum_of_its_pair_terms(diagonal_positive):
+    """The ring's blocks of other ranks' texts are all negatives; a rank's own block has its diagonal positive."""
+    reference = dict(np.load(FIXTURE))
+    image, text = (paddle.to_tensor(reference[name]) for name in ("image_features", "text_features"))
+    loss = sigmoid_pair_loss(image, text[:5], paddle.to_tensor(reference["logit_scale"]),
+                             paddle.to_tensor(reference["logit_bias"]), diagonal_positive, chunk=2)
+    logits = reference["logit_scale"] * reference["image_features"] @ reference["text_features"][:5].T
+    logits += reference["logit_bias"]
+    signs = -np.ones_like(logits)
+    if diagonal_positive:
+        signs[np.arange(5), np.arange(5)] = 1
+    assert float(loss) == pytest.approx(np.logaddexp(0, -signs * logits).sum(), rel=1e-12)
+
+
 def test_sigmoid_pair_loss_does_not_overflow_at_large_logits():
     image = paddle.to_tensor([[1.0, 0.0], [0.0, 1.0]], dtype="float32")
     loss = sigmoid_pair_loss(image, image, paddle.to_tensor([500.0]), paddle.to_tensor([-250.0]), True)

@@ -31,11 +31,6 @@ EXCHANGES = ("bidir", "shift", "gather")
 DEFAULT_CHUNK = 1024  # texts per logits chunk: [local images, chunk] floats at a time
 
 
-def _negative_log_sigmoid(signed_logits: paddle.Tensor) -> paddle.Tensor:
-    """-log sigmoid(t) = softplus(-t), without overflow for large |t|."""
-    return F.relu(-signed_logits) + paddle.log1p(paddle.exp(-signed_logits.abs()))
-
-
 def _excluded(row_keys: Optional[paddle.Tensor], column_keys: Optional[paddle.Tensor]) -> Optional[paddle.Tensor]:
     """Bool [rows, columns]: the pairs that share an image or a caption key (int64 [rows, kinds] and
     [columns, kinds]); None without keys."""
@@ -46,7 +41,8 @@ def _excluded(row_keys: Optional[paddle.Tensor], column_keys: Optional[paddle.Te
 
 class _SigmoidPairLoss(paddle.autograd.PyLayer):
     """sum over (i, j) of -log sigmoid(z_ij (scale <x_i, y_j> + bias)), the logits made and dropped one
-    chunk of columns at a time, in the forward and again in the backward pass."""
+    chunk of columns at a time, in the forward and again in the backward pass. The scale multiplies the
+    images once, and the gradients' scalars the [rows, D] results, not every chunk of logits."""
 
     @staticmethod
     def forward(ctx, image, text, scale, bias, diagonal_positive, row_keys, column_keys, chunk):
@@ -55,43 +51,42 @@ class _SigmoidPairLoss(paddle.autograd.PyLayer):
         ctx.key_inputs = sum(keys is not None for keys in (row_keys, column_keys))  # tensors without gradients
         ctx.differentiable = [not tensor.stop_gradient for tensor in (image, text, scale, bias)]
         total = paddle.zeros([], dtype=image.dtype)
-        for start, logits, positive, kept in _chunks(image, text, scale, bias, *ctx.options):
-            terms = _negative_log_sigmoid(-logits if positive is None else paddle.where(positive, logits, -logits))
+        for _, logits, positive, kept in _chunks(scale * image, text, bias, *ctx.options):
+            # -log sigmoid(z l) = softplus(-z l)
+            terms = F.softplus(logits if positive is None else paddle.where(positive, -logits, logits))
             total = total + (terms if kept is None else paddle.where(kept, terms, paddle.zeros_like(terms))).sum()
         return total
 
     @staticmethod
     def backward(ctx, grad):
         image, text, scale, bias = ctx.saved_tensor()
-        d_image = paddle.zeros_like(image)
+        scaled_image = scale * image
+        slope_times_text = paddle.zeros_like(image)  # sum over j of dL/dl_ij y_j
         d_text_chunks: List[paddle.Tensor] = []
-        d_scale = paddle.zeros([], dtype=image.dtype)
         d_bias = paddle.zeros([], dtype=image.dtype)
-        for start, logits, positive, kept in _chunks(image, text, scale, bias, *ctx.options):
+        for columns, logits, positive, kept in _chunks(scaled_image, text, bias, *ctx.options):
             # d/dl of -log sigmoid(+l) is sigmoid(l) - 1, of -log sigmoid(-l) is sigmoid(l)
             slope = F.sigmoid(logits)
             if positive is not None:
                 slope = slope - positive.astype(logits.dtype)
             if kept is not None:
                 slope = paddle.where(kept, slope, paddle.zeros_like(slope))
-            slope = slope * grad
-            columns = text[start:start + logits.shape[1]]
-            d_image = d_image + scale * (slope @ columns)
-            d_text_chunks.append(scale * (slope.T @ image))
-            d_scale = d_scale + (slope * (logits - bias)).sum() / scale
+            slope_times_text = slope_times_text + slope @ columns
+            d_text_chunks.append(slope.T @ scaled_image)
             d_bias = d_bias + slope.sum()
-        gradients = (d_image, paddle.concat(d_text_chunks), d_scale.reshape(scale.shape), d_bias.reshape(bias.shape))
+        gradients = (scale * grad * slope_times_text, grad * paddle.concat(d_text_chunks),
+                     (grad * (image * slope_times_text).sum()).reshape(scale.shape), (grad * d_bias).reshape(bias.shape))
         # Paddle wants None for an input that takes no gradient (a detached scale, the keys)
         return (*[g if wanted else None for g, wanted in zip(gradients, ctx.differentiable)], *[None] * ctx.key_inputs)
 
 
-def _chunks(image, text, scale, bias, diagonal_positive, row_keys, column_keys, chunk):
-    """(first column, logits [rows, c], positive [rows, c], kept [rows, c]) per chunk of c columns;
-    positive is None where every pair is negative, kept None where every pair counts."""
-    row_index = paddle.arange(image.shape[0]).unsqueeze(1)
+def _chunks(scaled_image, text, bias, diagonal_positive, row_keys, column_keys, chunk):
+    """(texts [c, D], logits [rows, c], positive [rows, c], kept [rows, c]) per chunk of c texts; positive
+    is None where every pair is negative, kept None where every pair counts."""
+    row_index = paddle.arange(scaled_image.shape[0]).unsqueeze(1)
     for start in range(0, text.shape[0], chunk):
         columns = text[start:start + chunk]
-        logits = scale * (image @ columns.T) + bias
+        logits = paddle.matmul(scaled_image, columns, transpose_y=True) + bias
         positive = None
         if diagonal_positive:
             positive = row_index == paddle.arange(start, start + columns.shape[0]).unsqueeze(0)
@@ -100,7 +95,7 @@ def _chunks(image, text, scale, bias, diagonal_positive, row_keys, column_keys, 
         if excluded is not None:
             kept = paddle.logical_not(excluded) if positive is None else paddle.logical_or(
                 positive, paddle.logical_not(excluded))
-        yield start, logits, positive, kept
+        yield columns, logits, positive, kept
 
 
 def sigmoid_pair_loss(image: paddle.Tensor, text: paddle.Tensor, scale: paddle.Tensor, bias: paddle.Tensor,
