@@ -43,3 +43,20 @@ def test_two_processes_train_to_the_parameters_of_one_with_the_doubled_batch(set
     assert two.keys() == single_process.keys()
     for key, expected in single_process.items():
         np.testing.assert_allclose(two[key], expected, rtol=0, atol=1e-5, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def single_process_siglip(setup, tmp_path_factory):
+    return train(setup, tmp_path_factory.mktemp("one_siglip") / "out", 1, 16, "--loss", "siglip")
+
+
+@pytest.mark.parametrize("batching", [["8"], ["4", "--gradient_accumulation_steps", "2"]],
+                         ids=["batch_8", "accumulated_2x4"])
+def test_two_processes_with_the_sigmoid_loss_train_to_the_parameters_of_one(setup, single_process_siglip, tmp_path,
+                                                                            batching):
+    """The sigmoid loss's ring of text features, under the trainer, DataParallel and gradient accumulation."""
+    batch, *extra = batching
+    two = train(setup, tmp_path / "out", 2, int(batch), "--loss", "siglip", "--siglip_chunk", "3", *extra)
+    assert "logit_bias" in two and two.keys() == single_process_siglip.keys()
+    for key, expected in single_process_siglip.items():
+        np.testing.assert_allclose(two[key], expected, rtol=0, atol=1e-5, err_msg=key)
