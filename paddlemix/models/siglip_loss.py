@@ -148,15 +148,15 @@ class SigLipLoss(nn.Layer):
 
         total = block_loss(text_features, self.rank)
         if self.world_size > 1:
-            total = total + self._other_ranks_losses(text_features, counts, block_loss)
+            total = total + self._other_ranks_losses(text_features, counts, offsets, block_loss)
         loss = total * (self.world_size / sum(counts))
         return {"contrastive_loss": loss} if output_dict else loss
 
-    def _other_ranks_losses(self, text_features, counts: Sequence[int], block_loss) -> paddle.Tensor:
+    def _other_ranks_losses(self, text_features, counts: Sequence[int], offsets: Sequence[int],
+                            block_loss) -> paddle.Tensor:
         rank, world = self.rank, self.world_size
         if self.exchange == "gather":
             everything = all_gather_with_grad(text_features)
-            offsets = [sum(counts[:owner]) for owner in range(world)]
             return paddle.add_n([block_loss(everything[offsets[owner]:offsets[owner] + counts[owner]], owner)
                                  for owner in range(world) if owner != rank])
         losses = []
