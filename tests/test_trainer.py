@@ -240,3 +240,20 @@ def test_pretrained_weights_and_a_text_tower_from_another_model_are_loaded(setup
     model = build_model(model_args, args)
     for key, value in donor.state_dict().items():
         np.testing.assert_array_equal(model.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+
+
+def test_a_run_resumed_from_a_checkpoint_at_an_epoch_end_goes_on_with_the_next_epoch(setup, tmp_path):
+    """The shapes set gives 12 batches of 16 per epoch: a checkpoint at step 12 holds the loader at the
+    end of epoch 0. Resumed, the run trains epoch 1 as the uninterrupted run did (it used to find no
+    batch left in epoch 0 and crash inside PaddleNLP's loop)."""
+    import shutil
+
+    steps = ("--max_steps", "16", "--save_steps", "12")
+    uninterrupted = tmp_path / "uninterrupted"
+    run_to_end(flags(setup, uninterrupted, *steps))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(uninterrupted / "checkpoint-12", resumed / "checkpoint-12")
+    run_to_end(flags(setup, resumed, *steps, "--resume_from_checkpoint", "auto"))
+    expected = step_losses(uninterrupted)
+    assert step_losses(resumed) == pytest.approx({step: expected[step] for step in range(13, 17)}, rel=1e-5)

@@ -303,8 +303,11 @@ class ImageTextLoader:
         if self.streaming:
             self._load_stream_state(state)
             return
-        self.batch_sampler.set_epoch(state["epoch"])
-        self.batch_sampler.skip_batches = self.consumed_batches = state["consumed_batches"]
+        epoch, consumed = state["epoch"], state["consumed_batches"]
+        if consumed >= len(self.batch_sampler):  # saved after an epoch's last batch: the next epoch, from its start
+            epoch, consumed = epoch + 1, 0
+        self.batch_sampler.set_epoch(epoch)
+        self.batch_sampler.skip_batches = self.consumed_batches = consumed
 
     def _workers_per_rank(self) -> int:
         return max(1, self.num_workers)
