@@ -292,8 +292,7 @@ def read_hf_folder(directory: Path) -> Tuple[CLIPConfig, State]:
             config.preprocess_cfg, mean=processor.get("image_mean", config.preprocess_cfg.mean),
             std=processor.get("image_std", config.preprocess_cfg.std),
             interpolation=resample or config.preprocess_cfg.interpolation)
-    state = read_hf_weights(directory)
-    return config, state
+    return config, read_hf_weights(directory)
 
 
 def read_hf_weights(directory: Path) -> State:
